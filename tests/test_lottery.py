@@ -1,0 +1,187 @@
+"""Lottery runs: the run directory, resume after a real kill, refusal of mismatched or corrupt directories,
+the paper presets, and the `run`/`status` command line."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lottery_nb.lottery import (PRESETS, LotteryConfig, RunDir, RunDirError, get_preset, run_lottery, run_status)
+from lottery_nb.models import get_model, pruning_exclusions
+
+SMOKE = dict(budget="smoke", progress=False)
+
+
+def cli(*args, **kw):
+    return subprocess.run([shutil.which("lottery_nb"), *args], capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_paper_presets_match_methods():
+    m = get_preset("mnist_lenet")
+    assert (m.optimizer, m.lr, m.epochs, m.batch_size, m.pruning_scope, m.pruning_fraction) == ("adam", 1e-4, 60, 60, "local", 0.2)
+    assert dict(m.layer_fractions) == {"fc.weight": 0.1} and get_preset("fashion_mnist_lenet").dataset == "fashion_mnist"
+    c = get_preset("cifar10_resnet18")
+    assert (c.model, c.optimizer, c.lr, c.momentum, c.weight_decay, c.epochs, c.milestones, c.gamma, c.batch_size, c.pruning_scope) == \
+        ("resnet18", "sgd", 0.01, 0.9, 1e-4, 130, (80, 120), 0.1, 128, "global")
+    s = get_preset("svhn_vgg19")
+    assert (s.model, s.lr, s.epochs, s.batch_size, len(s.milestones), s.pruning_scope) == ("vgg19", 0.05, 100, 250, 2, "global")
+    for name in PRESETS:
+        for budget in ("paper", "quick", "smoke"): get_preset(name, budget)  # all valid
+    assert get_preset("mnist_lenet", "quick").epochs < 60 and get_preset("mnist_lenet", "smoke").max_train_samples
+
+
+def test_run_directory_contents(tmp_path):
+    run = run_lottery("digits_lenet", "none", rounds=2, out_dir=tmp_path, **SMOKE)
+    cfg = json.loads((run.path / "config.json").read_text())
+    assert cfg["key"] in run.path.name and cfg["config"]["preset"]["name"] == "digits_lenet" and "torch" in cfg["versions"]
+    assert (run.path / "init.pt").exists() and (run.path / "metrics.csv").exists()
+    for r in range(3):
+        d = run.round_dir(r)
+        assert {p.name for p in d.iterdir()} == {"mask.pt", "final.pt", "history.json", "metrics.json"}
+    m = run.round_metrics()
+    assert [x["round"] for x in m] == [0, 1, 2]
+    assert m[0]["remaining"] == 100.0 and m[1]["remaining"] < 81 and m[2]["remaining"] < 65
+    for x in m: assert {"accuracy", "ece", "mce", "nll", "brier", "sparsity"} <= set(x)
+    assert not list(tmp_path.rglob("*.tmp-*")) and not list(tmp_path.rglob("checkpoint.pt"))
+    # the final weights honour the mask; round 1 started from the initial values of the survivors
+    mask1 = torch.load(run.round_dir(1) / "mask.pt")
+    final1 = torch.load(run.round_dir(1) / "final.pt")
+    assert all((final1[n][~mask1[n]] == 0).all() for n in mask1)
+
+
+def test_more_rounds_extend_a_run_without_recomputing(tmp_path):
+    run = run_lottery("digits_lenet", "none", rounds=1, out_dir=tmp_path, **SMOKE)
+    stamp = {p: p.stat().st_mtime_ns for p in run.path.rglob("*") if p.is_file() and p.name != "metrics.csv"}
+    run2 = run_lottery("digits_lenet", "none", rounds=2, out_dir=tmp_path, **SMOKE)
+    assert run2.path == run.path and run2.finished_rounds() == [0, 1, 2]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())  # nothing already computed was rewritten
+
+
+def test_same_config_same_results_other_seed_other_dir(tmp_path):
+    a = run_lottery("digits_lenet", "mixup", rounds=1, out_dir=tmp_path / "a", **SMOKE)
+    b = run_lottery("digits_lenet", "mixup", rounds=1, out_dir=tmp_path / "b", **SMOKE)
+    c = run_lottery("digits_lenet", "mixup", rounds=1, seed=1, out_dir=tmp_path / "a", **SMOKE)
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]
+    assert strip(a.round_metrics()) == strip(b.round_metrics())
+    assert c.path != a.path and strip(c.round_metrics()) != strip(a.round_metrics())
+
+
+def _wait_for(path: Path, proc, timeout=120):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} appeared: {proc.stderr.read()}"
+        assert time.time() - t0 < timeout
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("strategy", ["vwcc", "mixup"])
+def test_resume_after_kill_equals_uninterrupted(tmp_path, strategy):
+    """A real `lottery_nb run` is killed with SIGKILL in the middle of round 1 (after an epoch checkpoint, before
+    the round's end); the same command resumes it. Metrics and weights equal those of an uninterrupted run."""
+    args = ["run", "--preset", "digits_lenet", "--strategy", strategy, "--budget", "smoke", "--rounds", "2",
+            "--set", "epochs=12", "--quiet", "--device", "cpu"]
+    ref = cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([shutil.which("lottery_nb"), *args, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(out, proc)
+        run_dir = next(iter(out.iterdir()))
+        _wait_for(run_dir / "round_01" / "checkpoint.pt", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    run = RunDir(run_dir)
+    assert run.finished_rounds() == [0], "the kill did not land in the middle of round 1"
+    ck = torch.load(run_dir / "round_01" / "checkpoint.pt", weights_only=False)
+    assert 1 <= ck["epoch"] < 12
+    resumed = cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    ref_run = RunDir(next(iter((tmp_path / "ref").iterdir())))
+    assert ref_run.path.name == run_dir.name
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]
+    assert strip(run.round_metrics()) == strip(ref_run.round_metrics())
+    for r in range(3):
+        a, b = torch.load(run.round_dir(r) / "final.pt"), torch.load(ref_run.round_dir(r) / "final.pt")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run.round_dir(1) / "history.json").read_text()) == json.loads((ref_run.round_dir(1) / "history.json").read_text())
+
+
+def test_mismatched_run_directory_is_refused(tmp_path):
+    run = run_lottery("digits_lenet", "none", rounds=0, out_dir=tmp_path, **SMOKE)
+    cfg_file = run.path / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["config"]["preset"]["lr"] = 0.5
+    cfg_file.write_text(json.dumps(cfg))
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirError, match="different configuration.*lr"):
+        run_lottery("digits_lenet", "none", rounds=1, out_dir=tmp_path, **SMOKE)
+    r = cli("run", "--preset", "digits_lenet", "--budget", "smoke", "--rounds", "1", "--out", str(tmp_path), "--quiet")
+    assert r.returncode == 2 and "different configuration" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before  # nothing overwritten
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
+    run = run_lottery("digits_lenet", "none", rounds=0, out_dir=tmp_path, **SMOKE)
+    ck = run.round_dir(1) / "checkpoint.pt"
+    ck.parent.mkdir()
+    ck.write_bytes(b"\x80\x02 this is not a checkpoint")
+    r = cli("run", "--preset", "digits_lenet", "--budget", "smoke", "--rounds", "1", "--out", str(tmp_path), "--quiet")
+    assert r.returncode == 2 and "corrupt" in r.stderr and "Delete it" in r.stderr and "Traceback" not in r.stderr
+    assert ck.read_bytes() == b"\x80\x02 this is not a checkpoint" and run.finished_rounds() == [0]
+    ck.unlink()  # what the message says to do
+    assert cli("run", "--preset", "digits_lenet", "--budget", "smoke", "--rounds", "1", "--out", str(tmp_path), "--quiet").returncode == 0
+    assert run.finished_rounds() == [0, 1]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--preset", "imagenet"], "invalid choice"),
+    (["--preset", "digits_lenet", "--strategy", "focal"], "invalid choice"),
+    (["--preset", "digits_lenet", "--set", "pruning_fraction=1.0"], "(0, 1)"),
+    (["--preset", "digits_lenet", "--set", "pruning_fraction=0"], "(0, 1)"),
+    (["--preset", "digits_lenet", "--rounds", "-2"], "rounds"),
+    (["--preset", "digits_lenet", "--set", "learning_rate=1"], "valid fields"),
+    (["--preset", "digits_lenet", "--set", "strategy.T=0", "--strategy", "vwcc"], "T"),
+    (["--preset", "mnist_lenet", "--data-root", "/nonexistent/data"], "mnist"),
+])
+def test_bad_input_exit_2(tmp_path, args, needle):
+    r = cli("run", *args, "--budget", "smoke", "--out", str(tmp_path / "runs"))
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_late_and_random_rewinding(tmp_path):
+    init_run = run_lottery("digits_lenet", "none", rounds=1, out_dir=tmp_path, **SMOKE)
+    late = run_lottery("digits_lenet", "none", rounds=1, out_dir=tmp_path, rewind="late", rewind_step=5, **SMOKE)
+    rand = run_lottery("digits_lenet", "none", rounds=1, out_dir=tmp_path, rewind="random", **SMOKE)
+    assert len({init_run.path, late.path, rand.path}) == 3
+    theta0, thetak = torch.load(init_run.path / "init.pt"), torch.load(late.path / "rewind.pt")
+    assert torch.equal(theta0["fc1.weight"], torch.load(late.path / "init.pt")["fc1.weight"])
+    assert not torch.equal(theta0["fc1.weight"], thetak["fc1.weight"])  # 5 steps of training later
+    accs = {r.path.name: r.round_metrics()[1]["accuracy"] for r in (init_run, late, rand)}
+    assert len(set(accs.values())) > 1
+
+
+def test_status(tmp_path):
+    run_lottery("digits_lenet", "none", rounds=1, out_dir=tmp_path, **SMOKE)
+    run_lottery("digits_lenet", "lwcc", rounds=0, out_dir=tmp_path, **SMOKE)
+    rows = {r["strategy"]: r for r in run_status(tmp_path)}
+    assert rows["none"]["rounds done"] == 2 and rows["lwcc"]["rounds done"] == 1
+    r = cli("status", str(tmp_path))
+    assert r.returncode == 0 and "digits_lenet-lwcc" in r.stdout and "rounds done" in r.stdout
+    assert cli("status", str(tmp_path / "nope")).returncode == 2
+
+
+def test_real_mnist_smoke_run(real_data, tmp_path):
+    run = run_lottery("mnist_lenet", "none", rounds=1, out_dir=tmp_path, data_root=real_data, **SMOKE)
+    m = run.round_metrics()
+    assert len(m) == 2 and m[1]["sparsity"]["fc1.weight"] == pytest.approx(80.0, abs=0.01)
+    assert m[1]["sparsity"]["fc.weight"] == pytest.approx(90.0, abs=0.01)
+    assert m[0]["accuracy"] > 0.5  # 2,000 images, one epoch at the paper's lr 1e-4
