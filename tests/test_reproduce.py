@@ -1,0 +1,101 @@
+"""The reproduction: the experiment notebook run by papermill on digits at smoke budget, figures drawn from
+synthetic tables, and bad parameters refused before any work."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.colors as mcolors
+import pandas as pd
+import papermill as pm
+import pytest
+
+from lottery_nb.figures import STRATEGY_STYLE, load_results, paper_figures, plot_metric, summary_table, synthetic_results
+from lottery_nb.reproduce import experiments_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args):
+    return subprocess.run([shutil.which("lottery_nb"), *args], capture_output=True, text=True, timeout=900)
+
+
+def test_reproduce_smoke_on_digits(tmp_path):
+    out = tmp_path / "repro"
+    r = cli("reproduce", "--budget", "smoke", "--datasets", "digits", "--strategies", "none,lwcc", "--seeds", "0", "1",
+            "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    # the executed notebooks are kept, with their outputs
+    grid_nb = json.loads((out / "notebooks" / "lottery_grid_digits.ipynb").read_text())
+    params = next(c for c in grid_nb["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
+    assert "budget = \"smoke\"" in "".join(params["source"])
+    assert any(o for c in grid_nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+    assert (out / "notebooks" / "figures.ipynb").exists()
+    df = pd.read_csv(out / "results.csv")
+    assert len(df) == 2 * 2 * 3 and set(df.strategy) == {"none", "lwcc"} and set(df.seed) == {0, 1}
+    assert {f"{n}.{e}" for n in ("fig05_accuracy", "calibration_digits") for e in ("png", "pdf")} <= {p.name for p in (out / "figures").iterdir()}
+    summary = (out / "summary.md").read_text()
+    assert "| digits | dense |" in summary and "lwcc" in summary and summary in r.stdout
+    # a second invocation finds every run finished: nothing recomputed
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("final.pt")}
+    assert cli("reproduce", "--budget", "smoke", "--datasets", "digits", "--strategies", "none,lwcc", "--seeds", "0", "1",
+               "--out", str(out), "--quiet").returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("final.pt")} == stamps
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--datasets", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--strategies", "none,focal"], "focal"),
+    (["--budget", "huge"], "invalid choice"),
+    (["--datasets", "digits", "cifar10", "--data-root", "/nonexistent/folder"], "cifar10"),
+])
+def test_bad_grid_fails_before_any_work(tmp_path, args, needle):
+    r = cli("reproduce", *args, "--out", str(tmp_path / "repro"), "--quiet")
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "repro").exists()
+
+
+def test_bad_parameter_through_papermill_is_clear(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(experiments_dir() / "lottery_grid.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters=dict(dataset="imagenet", runs=str(tmp_path / "runs")), kernel_name="python3", progress_bar=False)
+    assert e.value.ename == "ValueError" and "unknown dataset 'imagenet'; choose from: mnist" in e.value.evalue
+    assert not (tmp_path / "runs").exists()
+
+
+def test_plot_metric_lines_bands_colours_log_axis():
+    df = synthetic_results(strategies=("none", "lwcc", "vwcc", "nba"), seeds=(0, 1, 2), rounds=5)
+    ax = plot_metric(df, "accuracy")
+    assert ax.get_xscale() == "log" and ax.xaxis_inverted()
+    assert [l.get_label() for l in ax.lines] == [STRATEGY_STYLE[s]["label"] for s in ("none", "vwcc", "lwcc", "nba")]
+    for line, s in zip(ax.lines, ("none", "vwcc", "lwcc", "nba")):
+        assert mcolors.same_color(line.get_color(), STRATEGY_STYLE[s]["color"])
+        g = df[df.strategy == s].groupby("round")["accuracy"]
+        assert list(line.get_ydata()) == pytest.approx(list(g.mean()))
+        assert list(line.get_xdata()) == pytest.approx([100 * 0.8**r for r in range(5)])
+    assert len(ax.collections) == 4  # one band per strategy
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    g = df[df.strategy == "none"].groupby("round")["accuracy"]
+    assert band.min() == pytest.approx(g.min().min()) and band.max() == pytest.approx(g.max().max())
+    # one seed: no band
+    assert len(plot_metric(df[df.seed == 0], "ece").collections) == 0
+
+
+def test_paper_figures_choose_the_datasets_present(tmp_path):
+    df = synthetic_results(datasets=("mnist", "fashion_mnist", "svhn"), seeds=(0, 1))
+    figs = paper_figures(df, tmp_path)
+    assert set(figs) == {"fig05_accuracy", "fig12_calibration_mnist", "fig20_calibration_svhn"}
+    assert len(figs["fig05_accuracy"].axes) == 3 and len(figs["fig12_calibration_mnist"].axes) == 6
+    assert [a.get_title() for a in figs["fig12_calibration_mnist"].axes[::3]] == ["Fashion-MNIST, LeNet-300-100", "MNIST, LeNet-300-100"]
+    assert all((tmp_path / f"{n}.{e}").stat().st_size > 1000 for n in figs for e in ("png", "pdf"))
+
+
+def test_summary_table_and_load_results(tmp_path):
+    df = synthetic_results(seeds=(0, 1))
+    t = summary_table(df)
+    assert set(t["round"]) == {"dense", "round 5"} and len(t) == 2 * 3
+    x = df[(df.strategy == "lwcc") & (df["round"] == 0)].accuracy
+    assert t[(t.strategy == "lwcc") & (t["round"] == "dense")].accuracy.item() == f"{x.mean():.4f} ± {x.std(ddof=0):.4f}"
+    assert load_results(tmp_path).empty
