@@ -5,7 +5,7 @@ from torch import nn
 from lottery_nb.models import MODELS, count_parameters, get_model, prunable_parameters, pruning_exclusions
 
 
-@pytest.mark.parametrize("name,expected", [("lenet_300_100", 266_610), ("resnet18", 11_173_962), ("vgg19", 20_035_018)])
+@pytest.mark.parametrize("name,expected", [("lenet_300_100", 266_610), ("resnet18", 11_173_962), ("vgg19", 20_035_018), ("resnet50", 23_520_842)])
 def test_parameter_counts(name, expected):
     assert count_parameters(get_model(name)) == expected
 
