@@ -56,7 +56,7 @@ def test_run_directory_contents(tmp_path):
 
 def test_more_rounds_extend_a_run_without_recomputing(tmp_path):
     run = run_lottery("digits_lenet", "none", rounds=1, out_dir=tmp_path, **SMOKE)
-    stamp = {p: p.stat().st_mtime_ns for p in run.path.rglob("*") if p.is_file() and p.name != "metrics.csv"}
+    stamp = {p: p.stat().st_mtime_ns for p in run.path.rglob("*") if p.is_file() and p.name not in ("metrics.csv", ".lock")}
     run2 = run_lottery("digits_lenet", "none", rounds=2, out_dir=tmp_path, **SMOKE)
     assert run2.path == run.path and run2.finished_rounds() == [0, 1, 2]
     assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())  # nothing already computed was rewritten
@@ -66,7 +66,7 @@ def test_same_config_same_results_other_seed_other_dir(tmp_path):
     a = run_lottery("digits_lenet", "mixup", rounds=1, out_dir=tmp_path / "a", **SMOKE)
     b = run_lottery("digits_lenet", "mixup", rounds=1, out_dir=tmp_path / "b", **SMOKE)
     c = run_lottery("digits_lenet", "mixup", rounds=1, seed=1, out_dir=tmp_path / "a", **SMOKE)
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("seconds", "resumed_at_epochs")} for m in ms]
     assert strip(a.round_metrics()) == strip(b.round_metrics())
     assert c.path != a.path and strip(c.round_metrics()) != strip(a.round_metrics())
 
@@ -106,8 +106,10 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, strategy):
     assert resumed.returncode == 0, resumed.stderr
     ref_run = RunDir(next(iter((tmp_path / "ref").iterdir())))
     assert ref_run.path.name == run_dir.name
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("seconds", "resumed_at_epochs")} for m in ms]
     assert strip(run.round_metrics()) == strip(ref_run.round_metrics())
+    assert run.round_metrics()[1]["resumed_at_epochs"] == [ck["epoch"]]  # continued from the checkpoint, not from scratch
+    assert all("resumed_at_epochs" not in m for m in ref_run.round_metrics() + run.round_metrics()[::2])
     for r in range(3):
         a, b = torch.load(run.round_dir(r) / "final.pt"), torch.load(ref_run.round_dir(r) / "final.pt")
         assert all(torch.equal(a[k], b[k]) for k in a)

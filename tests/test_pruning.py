@@ -10,7 +10,7 @@ def _step(model, opt, mt, n=4):
     for _ in range(n):
         opt.zero_grad()
         nn.functional.cross_entropy(model(torch.randn(16, 1, 8, 8)), torch.randint(0, 10, (16,))).backward()
-        opt.step(); mt.after_step()
+        mt.before_step(); opt.step(); mt.after_step()  # the contract: mask the gradients, step, re-zero the weights
 
 
 @pytest.mark.parametrize("make_opt", [

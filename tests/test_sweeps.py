@@ -1,0 +1,127 @@
+"""Sweeps on executors (in-process, local process pool, Dask), the run lock, a Dask worker lost mid-run, and the
+benchmark command."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from lottery_nb.figures import load_results
+from lottery_nb.lottery import RunDir, RunDirError
+from lottery_nb.reproduce import _call, run_grid, run_jobs, usable_cores
+
+
+GRID = dict(dataset="digits", strategies=["none", "mixup"], seeds=[0], budget="smoke", rounds=1, device="cpu", progress=False)
+
+
+def strip(run: RunDir):
+    return [{k: v for k, v in m.items() if k not in ("seconds", "resumed_at_epochs")} for m in run.round_metrics()]
+
+
+@contextmanager
+def threads(n: int):
+    "PyTorch's CPU results depend on the thread count (the order of its sums): compare runs at equal counts."
+    old = torch.get_num_threads(); torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(old)
+
+
+def cli(*args, **kw):
+    return subprocess.run([shutil.which("lottery_nb"), *args], capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_process_pool_gives_the_same_runs_as_in_process(tmp_path):
+    with threads(max(1, usable_cores() // 2)):  # what each of two workers gets
+        ref = run_grid(**GRID, out=tmp_path / "ref")
+    par = run_grid(**GRID, out=tmp_path / "par", workers=2)
+    assert [r.path.name for r in par] == [r.path.name for r in ref]
+    assert all(strip(a) == strip(b) for a, b in zip(par, ref))
+    assert all(len(r.finished_rounds()) == 2 for r in par)
+
+
+def test_worker_threads_share_the_cores():
+    assert _call(torch.get_num_threads, {}, threads=1) == 1
+    with pytest.raises(ValueError, match="workers"): run_jobs([], workers=0)
+
+
+def test_lock_refuses_a_second_process_and_a_killed_run_resumes(tmp_path):
+    args = ["run", "--preset", "digits_lenet", "--budget", "smoke", "--rounds", "1", "--set", "epochs=400", "--quiet",
+            "--device", "cpu", "--out", str(tmp_path)]
+    first = subprocess.Popen([shutil.which("lottery_nb"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        t0 = time.time()
+        while not list(tmp_path.glob("*/round_00/checkpoint.pt")):
+            assert first.poll() is None and time.time() - t0 < 120
+            time.sleep(0.05)
+        run = RunDir(next(p for p in tmp_path.iterdir() if p.is_dir()))
+        second = cli(*args)
+        assert second.returncode == 2 and "being worked on by pid" in second.stderr and "Traceback" not in second.stderr
+        assert str(first.pid) in second.stderr
+        first.send_signal(signal.SIGKILL); first.wait(30)
+    finally:
+        if first.poll() is None: first.kill()
+    assert not run.done(0)
+    third = cli(*args)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert run.finished_rounds() == [0, 1]  # resumed in place: the kill released the lock
+
+
+def test_dask_worker_lost_mid_run_resumes_elsewhere(tmp_path):
+    from distributed import Client, LocalCluster
+    with threads(1):  # Dask's workers run with OMP_NUM_THREADS=1
+        ref = run_grid(**GRID, out=tmp_path / "ref", overrides={"epochs": 60})
+    out = tmp_path / "dask"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        result, error = [], []
+        def go():
+            try: result.extend(run_grid(**GRID, out=out, overrides={"epochs": 60}, scheduler=cluster.scheduler_address))
+            except Exception as e: error.append(e)
+        th = threading.Thread(target=go); th.start()
+        t0 = time.time()
+        while True:  # a run in the middle of a round, with an epoch checkpoint on disk
+            cks = [c for c in out.glob("*/round_0*/checkpoint.pt")]
+            if cks and torch.load(cks[0], weights_only=False)["epoch"] >= 5: break
+            assert th.is_alive() and time.time() - t0 < 180, error
+            time.sleep(0.05)
+        victim, victim_round = RunDir(cks[0].parents[1]), int(cks[0].parent.name[6:])
+        holder = (victim.path / ".lock").read_text()
+        pid = int(holder.split()[1])
+        assert pid in client.run(os.getpid).values()  # a Dask worker holds the run
+        os.kill(pid, signal.SIGKILL)
+        th.join(300)
+        assert not th.is_alive() and not error, error
+    assert [r.path.name for r in result] == [r.path.name for r in ref]
+    assert all(strip(a) == strip(b) for a, b in zip(result, ref))  # resumed exactly, nothing lost
+    resumed = RunDir(victim.path).round_metrics()[victim_round]["resumed_at_epochs"]
+    assert len(resumed) == 1 and resumed[0] >= 5  # another worker continued from the checkpoint, not from scratch
+    df = load_results(out)
+    assert len(df) == 4 and not df.duplicated(["run", "round"]).any()  # every (run, round) once in the results
+
+
+def test_dask_scheduler_that_does_not_answer_fails_before_any_work(tmp_path):
+    r = cli("reproduce", "--budget", "smoke", "--datasets", "digits", "--strategies", "none", "--scheduler", "tcp://127.0.0.1:9",
+            "--out", str(tmp_path / "o"), "--quiet")
+    assert r.returncode == 2 and "no Dask scheduler answers" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "o").exists()
+
+
+def test_bench_command_prints_ratios_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    r = cli("bench", "--quick", "--only", "trainer", "evaluation", "pruning", "--device", "cpu", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    names = [m["name"] for m in res["measures"]]
+    assert names == ["trainer throughput vs bare loop", "trainer + mask throughput vs bare loop",
+                     "evaluation (all metrics) vs one epoch", "global pruning round vs one step (ResNet-18)"]
+    for m in res["measures"]:
+        assert m["ratio"] == pytest.approx(m["ours"] / m["reference"] if "throughput" not in m["name"] else m["reference"] / m["ours"])
+        assert m["ours"] > 0 and m["reference"] > 0
+    assert "trainer throughput vs bare loop" in r.stdout and ">= 0.95" in r.stdout
+    bad = cli("bench", "--only", "speed", "--out", str(tmp_path / "x.json"))
+    assert bad.returncode == 2 and "speed" in bad.stderr and not (tmp_path / "x.json").exists()
