@@ -1,19 +1,13 @@
 """The console script as a user runs it: a subprocess, its output, its files and its exit code."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*args, cwd=None):
-    exe = shutil.which("lottery_nb")
-    assert exe, "the console script `lottery_nb` is not installed: pip install -e '.[dev]'"
-    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def test_help_lists_the_commands():

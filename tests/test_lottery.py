@@ -1,24 +1,15 @@
 """Lottery runs: the run directory, resume after a real kill, refusal of mismatched or corrupt directories,
 the paper presets, and the `run`/`status` command line."""
 import json
-import os
-import shutil
 import signal
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from lottery_nb.lottery import (PRESETS, LotteryConfig, RunDir, RunDirError, get_preset, run_lottery, run_status)
-from lottery_nb.models import get_model, pruning_exclusions
+from helpers import background_cli, cli, wait_until
+from lottery_nb.lottery import (PRESETS, RunDir, RunDirError, get_preset, run_lottery, run_status)
 
 SMOKE = dict(budget="smoke", progress=False)
-
-
-def cli(*args, **kw):
-    return subprocess.run([shutil.which("lottery_nb"), *args], capture_output=True, text=True, timeout=600, **kw)
 
 
 def test_paper_presets_match_methods():
@@ -71,14 +62,6 @@ def test_same_config_same_results_other_seed_other_dir(tmp_path):
     assert c.path != a.path and strip(c.round_metrics()) != strip(a.round_metrics())
 
 
-def _wait_for(path: Path, proc, timeout=120):
-    t0 = time.time()
-    while not path.exists():
-        assert proc.poll() is None, f"the run ended before {path} appeared: {proc.stderr.read()}"
-        assert time.time() - t0 < timeout
-        time.sleep(0.005)
-
-
 @pytest.mark.parametrize("strategy", ["vwcc", "mixup"])
 def test_resume_after_kill_equals_uninterrupted(tmp_path, strategy):
     """A real `lottery_nb run` is killed with SIGKILL in the middle of round 1 (after an epoch checkpoint, before
@@ -88,15 +71,11 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, strategy):
     ref = cli(*args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen([shutil.which("lottery_nb"), *args, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(out, proc)
+    with background_cli(*args, "--out", str(out)) as proc:
+        wait_until(lambda: list(out.glob("*/round_01/checkpoint.pt")), proc, "a checkpoint of round 1")
         run_dir = next(iter(out.iterdir()))
-        _wait_for(run_dir / "round_01" / "checkpoint.pt", proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-    finally:
-        if proc.poll() is None: proc.kill()
     assert proc.returncode == -signal.SIGKILL
     run = RunDir(run_dir)
     assert run.finished_rounds() == [0], "the kill did not land in the middle of round 1"

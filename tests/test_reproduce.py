@@ -1,8 +1,6 @@
 """The reproduction: the experiment notebook run by papermill on digits at smoke budget, figures drawn from
 synthetic tables, and bad parameters refused before any work."""
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import matplotlib
@@ -12,14 +10,11 @@ import pandas as pd
 import papermill as pm
 import pytest
 
+from helpers import cli
 from lottery_nb.figures import STRATEGY_STYLE, load_results, paper_figures, plot_metric, summary_table, synthetic_results
 from lottery_nb.reproduce import experiments_dir
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*args):
-    return subprocess.run([shutil.which("lottery_nb"), *args], capture_output=True, text=True, timeout=900)
 
 
 def test_reproduce_smoke_on_digits(tmp_path):

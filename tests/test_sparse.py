@@ -1,25 +1,18 @@
 """Sparse training: ERK/uniform densities, RigL's and CigL's invariants on real training steps, weight averaging,
 resumable sparse runs, the CLI and the reproduction's sparse figure."""
 import json
-import math
-import shutil
 import signal
-import subprocess
-import time
 
 import pytest
 import torch
 from torch import nn
 
+from helpers import background_cli, cli, wait_until
 from lottery_nb.data import BatchLoader, load_in_memory
 from lottery_nb.lottery import RunDir
 from lottery_nb.models import get_model, prunable_parameters
 from lottery_nb.sparse import CigL, RigL, layer_densities, random_mask, run_sparse
 from lottery_nb.training import fit
-
-
-def cli(*args):
-    return subprocess.run([shutil.which("lottery_nb"), *args], capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.parametrize("model,sparsity", [("lenet_300_100", 0.9), ("lenet_300_100", 0.98), ("resnet18", 0.95), ("resnet50", 0.8)])
@@ -120,18 +113,11 @@ def test_sparse_run_directory_and_resume_after_kill(tmp_path):
             "--set", "epochs=16", "--set", "swa_start=0.5", "--quiet", "--device", "cpu"]
     assert cli(*args, "--out", str(tmp_path / "ref")).returncode == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen([shutil.which("lottery_nb"), *args, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        t0 = time.time()
-        while not list(out.glob("*/round_00/checkpoint.pt")):
-            assert proc.poll() is None and time.time() - t0 < 120
-            time.sleep(0.005)
+    with background_cli(*args, "--out", str(out)) as proc:
+        wait_until(lambda: list(out.glob("*/round_00/checkpoint.pt")), proc, "the first checkpoint")
         ck = next(out.glob("*/round_00/checkpoint.pt"))
-        while torch.load(ck, weights_only=False)["epoch"] < 9:  # past the start of weight averaging
-            assert proc.poll() is None; time.sleep(0.01)
+        wait_until(lambda: torch.load(ck, weights_only=False)["epoch"] >= 9, proc, "epoch 9")  # past the start of weight averaging
         proc.send_signal(signal.SIGKILL); proc.wait(30)
-    finally:
-        if proc.poll() is None: proc.kill()
     run = RunDir(next(out.iterdir()))
     assert not run.done(0)
     assert cli(*args, "--out", str(out)).returncode == 0

@@ -2,9 +2,7 @@
 benchmark command."""
 import json
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -12,8 +10,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from helpers import background_cli, cli, wait_until
 from lottery_nb.figures import load_results
-from lottery_nb.lottery import RunDir, RunDirError
+from lottery_nb.lottery import RunDir
 from lottery_nb.reproduce import _call, run_grid, run_jobs, usable_cores
 
 
@@ -30,10 +29,6 @@ def threads(n: int):
     old = torch.get_num_threads(); torch.set_num_threads(n)
     try: yield
     finally: torch.set_num_threads(old)
-
-
-def cli(*args, **kw):
-    return subprocess.run([shutil.which("lottery_nb"), *args], capture_output=True, text=True, timeout=600, **kw)
 
 
 def test_process_pool_gives_the_same_runs_as_in_process(tmp_path):
@@ -53,19 +48,13 @@ def test_worker_threads_share_the_cores():
 def test_lock_refuses_a_second_process_and_a_killed_run_resumes(tmp_path):
     args = ["run", "--preset", "digits_lenet", "--budget", "smoke", "--rounds", "1", "--set", "epochs=400", "--quiet",
             "--device", "cpu", "--out", str(tmp_path)]
-    first = subprocess.Popen([shutil.which("lottery_nb"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        t0 = time.time()
-        while not list(tmp_path.glob("*/round_00/checkpoint.pt")):
-            assert first.poll() is None and time.time() - t0 < 120
-            time.sleep(0.05)
+    with background_cli(*args) as first:
+        wait_until(lambda: list(tmp_path.glob("*/round_00/checkpoint.pt")), first, "the first checkpoint")
         run = RunDir(next(p for p in tmp_path.iterdir() if p.is_dir()))
         second = cli(*args)
         assert second.returncode == 2 and "being worked on by pid" in second.stderr and "Traceback" not in second.stderr
         assert str(first.pid) in second.stderr
         first.send_signal(signal.SIGKILL); first.wait(30)
-    finally:
-        if first.poll() is None: first.kill()
     assert not run.done(0)
     third = cli(*args)
     assert third.returncode == 0, third.stderr[-2000:]

@@ -1,24 +1,17 @@
 """Ticket transfer: the target uses exactly the source's masks and starting values, resumes after a kill, refuses
 mismatched pairs; and `reproduce` on a half includes the transfer and Fig. 25."""
 import json
-import shutil
 import signal
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import background_cli, cli, wait_until
 import lottery_nb.lottery as lottery
 from lottery_nb.lottery import RunDir, RunDirError, run_lottery
 from lottery_nb.transfer import run_transfer
 
 SMOKE = dict(budget="smoke", progress=False)
-
-
-def cli(*args):
-    return subprocess.run([shutil.which("lottery_nb"), *args], capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture
@@ -82,15 +75,9 @@ def test_transfer_resumes_after_kill(tmp_path):
     args = ["transfer", "--source", str(src.path), "--target", "digits_b", "--loss", "source", "--set", "epochs=15", "--quiet", "--device", "cpu"]
     assert cli(*args, "--out", str(tmp_path / "ref")).returncode == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen([shutil.which("lottery_nb"), *args, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        t0 = time.time()
-        while not list(out.glob("*/round_01/checkpoint.pt")):
-            assert proc.poll() is None and time.time() - t0 < 120
-            time.sleep(0.005)
+    with background_cli(*args, "--out", str(out)) as proc:
+        wait_until(lambda: list(out.glob("*/round_01/checkpoint.pt")), proc, "a checkpoint of round 1")
         proc.send_signal(signal.SIGKILL); proc.wait(30)
-    finally:
-        if proc.poll() is None: proc.kill()
     run = RunDir(next(out.iterdir()))
     assert run.finished_rounds() == [0]
     assert cli(*args, "--out", str(out)).returncode == 0
