@@ -24,7 +24,8 @@ from .calibration import get_strategy
 from .data import BatchLoader, InMemoryDataset, get_spec
 from .models import get_model, pruning_exclusions
 from .pruning import MaskedTraining, full_mask, prune
-from .training import evaluate, fit, get_device
+from .lottery import use_amp, use_channels_last
+from .training import evaluate, fit, get_device, make_optimizer
 
 # %% auto #0
 __all__ = ['CHILDREN', 'BENCH_PARTS', 'Measure', 'alternate', 'fake_data', 'masked_epoch', 'bare_epoch', 'bench_trainer',
@@ -97,26 +98,31 @@ def bench_trainer(n: int = 12_000, batch_size: int = 60, repeat: int = 5, device
     data = fake_data("mnist", n, dev)
     torch.manual_seed(0)
     model = get_model("lenet_300_100").to(dev)
-    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    opt, default = make_optimizer(model, "adam", 1e-4), torch.optim.Adam(model.parameters(), 1e-4)
     g, loader = torch.Generator().manual_seed(0), BatchLoader(data, batch_size, shuffle=True, device=dev)
     t = alternate({"bare": lambda: bare_epoch(model, data, batch_size, opt, g),
-                   "fit": lambda: fit(model, loader, 1, opt, progress=False), "masked": lambda: masked_epoch(model, loader, opt)}, repeat)
+                   "fit": lambda: fit(model, loader, 1, opt, progress=False), "masked": lambda: masked_epoch(model, loader, opt),
+                   "default": lambda: fit(model, loader, 1, default, progress=False)}, repeat)
     per = f"{n} samples, batch {batch_size}"
     return [Measure("trainer throughput vs bare loop", t["bare"] / t["fit"], t["fit"], t["bare"], target=">= 0.95", device=dev.type, note=per),
-            Measure("trainer + mask throughput vs bare loop", t["bare"] / t["masked"], t["masked"], t["bare"], device=dev.type, note=per)]
+            Measure("trainer + mask throughput vs bare loop", t["bare"] / t["masked"], t["masked"], t["bare"], device=dev.type, note=per),
+            Measure("fused Adam vs PyTorch's default: epoch speed-up", t["default"] / t["fit"], t["fit"], t["default"], device=dev.type, note=per)]
 
 # %% ../nbs/12_bench.ipynb #cea4a680
-def bench_strategies(n: int = 6_000, batch_size: int = 60, repeat: int = 3, device="cpu", T: int = 5) -> list[Measure]:
-    "One training epoch with VWCC and LWCC-SI (T passes) against `none`, LeNet-300-100 with dropout."
+def bench_strategies(n: int = 6_000, batch_size: int = 60, repeat: int = 3, device="cpu", T: int = 5,
+                     model: str = "lenet_300_100", dataset: str = "mnist") -> list[Measure]:
+    "One training epoch with VWCC and LWCC-SI (T passes) against `none`, the same model with dropout."
     dev = get_device(device)
-    loader = BatchLoader(fake_data("mnist", n, dev), batch_size, shuffle=True, device=dev)
+    loader = BatchLoader(fake_data(dataset, n, dev), batch_size, shuffle=True, device=dev)
     torch.manual_seed(0)
-    model = get_model("lenet_300_100", dropout=0.3).to(dev)
-    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    net = get_model(model, dropout=0.3, input_shape=get_spec(dataset).input_shape).to(dev)
+    if use_channels_last(net, dev): net.to(memory_format=torch.channels_last)  # as the lottery runs train it
+    opt, amp = make_optimizer(net, "adam", 1e-4), use_amp(net, dev)
     strategies = {"none": get_strategy("none"), "vwcc": get_strategy("vwcc", T=T), "lwcc_si": get_strategy("lwcc_si", T=T)}
-    t = alternate({k: (lambda s=s: fit(model, loader, 1, opt, loss_fn=s, progress=False)) for k, s in strategies.items()}, repeat)
-    return [Measure(f"{k} step (T={T}) vs none", t[k] / t["none"], t[k], t["none"], unit="s", target="<= 2.5", device=dev.type,
-                    note=f"{n} samples, batch {batch_size}") for k in ("vwcc", "lwcc_si")]
+    t = alternate({k: (lambda s=s: fit(net, loader, 1, opt, loss_fn=s, progress=False, amp=amp)) for k, s in strategies.items()}, repeat)
+    label = "" if model == "lenet_300_100" else f", {model}"
+    return [Measure(f"{k} step (T={T}) vs none{label}", t[k] / t["none"], t[k], t["none"], unit="s", target="<= 2.5", device=dev.type,
+                    note=f"{n} samples, batch {batch_size}" + (", bf16 autocast" if amp else "")) for k in ("vwcc", "lwcc_si")]
 
 # %% ../nbs/12_bench.ipynb #e06a495e
 def bench_evaluation(n_train: int = 12_000, n_test: int = 10_000, repeat: int = 5, device="cpu") -> Measure:
@@ -126,7 +132,7 @@ def bench_evaluation(n_train: int = 12_000, n_test: int = 10_000, repeat: int = 
     test = BatchLoader(fake_data("mnist", n_test, dev, seed=1), 1000, device=dev)
     torch.manual_seed(0)
     model = get_model("lenet_300_100").to(dev)
-    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    opt = make_optimizer(model, "adam", 1e-4)
     t = alternate({"epoch": lambda: fit(model, loader, 1, opt, progress=False), "eval": lambda: evaluate(model, test)}, repeat)
     epoch = t["epoch"] * 60_000 / n_train
     return Measure("evaluation (all metrics) vs one epoch", t["eval"] / epoch, t["eval"], epoch, target="<= 0.05", device=dev.type,
@@ -138,7 +144,7 @@ def bench_pruning(repeat: int = 3, device="cpu") -> Measure:
     dev = get_device(device)
     torch.manual_seed(0)
     model = get_model("resnet18").to(dev)
-    opt = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9, weight_decay=1e-4)
+    opt = make_optimizer(model, "sgd", 0.01, momentum=0.9, weight_decay=1e-4)
     x, y = torch.randn(128, 3, 32, 32, device=dev), torch.randint(0, 10, (128,), device=dev)
     mask, exclude = full_mask(model), pruning_exclusions(model)
     def step():
@@ -170,11 +176,11 @@ def _child_measure(workload: str) -> tuple[float, float]:
 def _child_lenet():
     data, test = fake_data("mnist", 60_000), fake_data("mnist", 10_000, seed=1)
     model = get_model("lenet_300_100")
-    masked_epoch(model, BatchLoader(data, 60, shuffle=True), torch.optim.Adam(model.parameters(), 1e-4), eval_loader=BatchLoader(test, 1000))
+    masked_epoch(model, BatchLoader(data, 60, shuffle=True), make_optimizer(model, "adam", 1e-4), eval_loader=BatchLoader(test, 1000))
 
 def _child_resnet18():
     model = get_model("resnet18")
-    opt = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
+    opt = make_optimizer(model, "sgd", 0.01, momentum=0.9)
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
     for _ in range(2):
         opt.zero_grad(); nn.functional.cross_entropy(model(x), y).backward(); opt.step()
@@ -214,25 +220,40 @@ def bench_sweep(epochs: int = 150, repeat: int = 1) -> Measure:
                    note=f"4 digits runs x 2 rounds x {epochs} epochs; {usable_cores()} cores")
 
 # %% ../nbs/12_bench.ipynb #f2f68ad0
-def bench_gpu_resnet(device="cuda", repeat: int = 10) -> list[Measure]:
-    "ResNet-18 training step at batch 128 on CUDA: float32, bf16 autocast, autocast + channels-last."
+def bench_gpu_resnet(device="cuda", repeat: int = 10, compile: bool = True) -> list[Measure]:
+    "ResNet-18 training step at batch 128 on CUDA: float32, bf16 autocast, + channels-last, + `torch.compile`; peak memory."
     dev = get_device(device)
     torch.manual_seed(0)
     model = get_model("resnet18").to(dev)
-    opt = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
+    opts = {}  # one optimiser per memory format: fused kernels need the momentum in the weights' layout
     x, y = torch.randn(128, 3, 32, 32, device=dev), torch.randint(0, 10, (128,), device=dev)
-    def step(amp: bool, xx):
+    compiled = torch.compile(model) if compile else None
+    def step(net, amp: bool, xx, opt):
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, torch.bfloat16, enabled=amp):
-            loss = nn.functional.cross_entropy(model(xx), y)
+            loss = nn.functional.cross_entropy(net(xx), y)
         loss.backward(); opt.step()
-    def steps(amp, cl):
+    def steps(amp, cl, net=model):
         xx = x.contiguous(memory_format=torch.channels_last) if cl else x
         model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-        for _ in range(20): step(amp, xx)
-    t = alternate({"fp32": lambda: steps(False, False), "amp": lambda: steps(True, False), "amp_cl": lambda: steps(True, True)}, repeat)
-    return [Measure("ResNet-18 step: bf16 autocast speed-up", t["fp32"] / t["amp"], t["amp"] / 20, t["fp32"] / 20, device=dev.type),
-            Measure("ResNet-18 step: autocast + channels-last speed-up", t["fp32"] / t["amp_cl"], t["amp_cl"] / 20, t["fp32"] / 20, device=dev.type)]
+        opt = opts.setdefault(cl, make_optimizer(model, "sgd", 0.01, momentum=0.9))
+        for _ in range(20): step(net, amp, xx, opt)
+    variants = {"fp32": lambda: steps(False, False), "amp": lambda: steps(True, False), "amp_cl": lambda: steps(True, True)}
+    if compiled is not None: variants["compiled"] = lambda: steps(True, True, compiled)
+    t = alternate(variants, repeat)
+    out = [Measure("ResNet-18 step: bf16 autocast speed-up", t["fp32"] / t["amp"], t["amp"] / 20, t["fp32"] / 20, device=dev.type),
+           Measure("ResNet-18 step: autocast + channels-last speed-up", t["fp32"] / t["amp_cl"], t["amp_cl"] / 20, t["fp32"] / 20, device=dev.type)]
+    if compiled is not None:
+        out.append(Measure("ResNet-18 step: autocast + channels-last + torch.compile speed-up", t["fp32"] / t["compiled"],
+                           t["compiled"] / 20, t["fp32"] / 20, device=dev.type))
+    torch.cuda.synchronize(dev); torch.cuda.reset_peak_memory_stats(dev)
+    steps(True, True)
+    torch.cuda.synchronize(dev)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20
+    state = 3 * sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20  # weights, gradients, momentum
+    out.append(Measure("peak GPU memory: ResNet-18 step vs weights + gradients + momentum", peak / state, peak, state, unit="MiB",
+                       device=dev.type, note="bf16 autocast, channels-last, batch 128"))
+    return out
 
 # %% ../nbs/12_bench.ipynb #800669ea
 BENCH_PARTS = ("trainer", "strategies", "evaluation", "pruning", "memory", "sweep")
@@ -250,19 +271,22 @@ def run_bench(out=None, device="auto", quick: bool = False, progress: bool = Tru
            "pruning": lambda: [bench_pruning(repeat=max(2, r - 2))],
            "memory": bench_memory,
            "sweep": lambda: [bench_sweep(40 if quick else 150)]}
-    gpu = {"trainer": lambda: bench_trainer(12_000, repeat=r, device=dev),
-           "strategies": lambda: bench_strategies(6_000, repeat=r, device=dev),
+    gpu = {"trainer": lambda: bench_trainer(12_000, repeat=2 * r, device=dev),  # steps of ~1 ms, bound by the CPU: noisier
+           "strategies": lambda: bench_strategies(6_000, repeat=r, device=dev)
+                         + bench_strategies(128 * 20, 128, repeat=r, device=dev, model="resnet18", dataset="cifar10"),
            "evaluation": lambda: [bench_evaluation(12_000, repeat=r, device=dev)],
            "pruning": lambda: [bench_pruning(repeat=r, device=dev)] + bench_gpu_resnet(dev)}
     parts = [(k, cpu[k]) for k in only] + [(f"{k} ({dev.type})", gpu[k]) for k in only if dev.type == "cuda" and k in gpu]
-    measures = []
-    for name, fn in parts:
+    machine = {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "platform": platform.platform()}
+    measures, result = [], {}
+    for done, (name, fn) in enumerate(parts, 1):
         if progress: print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        measures += fn()
-    result = {"machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "platform": platform.platform()},
-              "quick": quick, "measures": [{**asdict(m), "ok": m.ok} for m in measures]}
-    if out is not None: Path(out).write_text(json.dumps(result, indent=2))
+        measures += (new := fn())
+        if progress:
+            for m in new: print(f"  {m.name}: {m.ratio:.3f}" + (f" (target {m.target})" if m.target else ""), file=sys.stderr, flush=True)
+        result = {"machine": machine, "quick": quick, "complete": done == len(parts), "measures": [{**asdict(m), "ok": m.ok} for m in measures]}
+        if out is not None: Path(out).write_text(json.dumps(result, indent=2))  # after every part: an interrupted run keeps what it measured
     return result
 
 def format_table(result: dict) -> str:

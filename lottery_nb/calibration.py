@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -33,9 +34,50 @@ def mean_logprob(logits_T: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(F.log_softmax(logits_T, -1), 0) - math.log(logits_T.shape[0])
 
 # %% ../nbs/03_calibration.ipynb #8e7adb11
+_DROPOUT = nn.modules.dropout._DropoutNd
+_SHARES_PREFIX: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> may its layers before the first dropout run once?
+
+def _repeat(x: torch.Tensor, T: int) -> torch.Tensor: return x.repeat(T, *[1] * (x.ndim - 1))
+
+def _shared_forward(model: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor | None:
+    "The forward of `x` with the batch repeated `T` times where it enters the first dropout layer (None if none ran)."
+    fired = False
+    def repeat_once(module, args):
+        nonlocal fired
+        if fired: return None
+        fired = True
+        return (_repeat(args[0], T), *args[1:])
+    hooks = [m.register_forward_pre_hook(repeat_once) for m in model.modules() if isinstance(m, _DROPOUT)]
+    try: out = model(x)
+    finally:
+        for h in hooks: h.remove()
+    return out if fired else None
+
+def _first_shared_forward(model: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor | None:
+    "A shared forward that leaves no trace (random state, buffers) when sharing does not fit `model`."
+    buffers = [b.clone() for b in model.buffers()]
+    rng = torch.get_rng_state(), (torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None)
+    try:
+        out = _shared_forward(model, x, T)
+        if out is not None and out.shape[0] == T * len(x): return out
+    except torch.OutOfMemoryError: raise
+    except RuntimeError: pass  # a path around the first dropout: its N rows meet the T·N rows after it
+    with torch.no_grad():
+        for b, saved in zip(model.buffers(), buffers): b.copy_(saved)
+    torch.set_rng_state(rng[0])
+    if rng[1] is not None: torch.cuda.set_rng_state(rng[1], x.device)
+    return None
+
 def stochastic_logits(model: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
-    "Logits (T, N, K) of `T` passes of batch `x` through `model`, as one batched forward."
-    out = model(x.repeat(T, *[1] * (x.ndim - 1)))
+    "Logits (T, N, K) of `T` dropout passes of batch `x` through `model`: one forward, the layers before the first dropout run once."
+    out = None
+    if any(isinstance(m, _DROPOUT) for m in model.modules()):
+        shares = _SHARES_PREFIX.get(model)
+        if shares: out = _shared_forward(model, x, T)
+        elif shares is None:
+            out = _first_shared_forward(model, x, T)
+            _SHARES_PREFIX[model] = out is not None
+    if out is None: out = model(_repeat(x, T))
     return out.view(T, len(x), *out.shape[1:])
 
 # %% ../nbs/03_calibration.ipynb #046d693a

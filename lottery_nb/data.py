@@ -18,8 +18,8 @@ from torchvision import transforms as T
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'DATASETS', 'data_root', 'DatasetNotFoundError', 'DatasetSpec', 'register_dataset', 'get_spec', 'Digits',
-           'half_split', 'register_halves', 'get_dataset', 'InMemoryDataset', 'random_crop', 'random_flip',
-           'load_in_memory', 'BatchLoader']
+           'half_split', 'register_halves', 'get_dataset', 'to_device_async', 'InMemoryDataset', 'random_crop',
+           'random_flip', 'load_in_memory', 'BatchLoader']
 
 # %% ../nbs/00_data.ipynb #731cf94d
 DATA_ENV = "LOTTERY_NB_DATA"
@@ -168,6 +168,11 @@ def get_dataset(name: str, train: bool = True, root=None, download: bool = False
     return _build(spec, train, root, download, _transform(spec, augment))
 
 # %% ../nbs/00_data.ipynb #63e71ae9
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    "A small CPU tensor on `device`; to CUDA through pinned memory, without waiting for the queued kernels."
+    if device.type != "cuda": return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
 @dataclass
 class InMemoryDataset:
     "A labelled image set held as tensors: `x` raw (N, C, H, W) `uint8`, `y` int64 labels."
@@ -175,6 +180,10 @@ class InMemoryDataset:
     y: torch.Tensor
     spec: DatasetSpec
     augment: bool = False  # apply the spec's standard augmentation to training batches
+
+    def __post_init__(self):  # the normalisation constants, on the data's device once
+        self.mean = torch.tensor(self.spec.mean, device=self.x.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.spec.std, device=self.x.device).view(1, -1, 1, 1)
 
     def __len__(self): return len(self.y)
 
@@ -188,17 +197,15 @@ class InMemoryDataset:
         if self.augment and self.spec.augment != "none":
             x = random_crop(x, 4, generator)
             if self.spec.augment == "crop_flip": x = random_flip(x, generator)
-        mean = torch.tensor(self.spec.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.spec.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std, self.y[idx]
+        return (x - self.mean) / self.std, self.y[idx]
 
 # %% ../nbs/00_data.ipynb #b74d6019
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
     "Random crops of the size of `x` from each image of `x` zero-padded by `padding` pixels."
     n, c, h, w = x.shape
     xp = torch.nn.functional.pad(x, (padding,) * 4)
-    dh = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device="cpu").to(x.device)
-    dw = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device="cpu").to(x.device)
+    dh = to_device_async(torch.randint(0, 2 * padding + 1, (n,), generator=generator, device="cpu"), x.device)
+    dw = to_device_async(torch.randint(0, 2 * padding + 1, (n,), generator=generator, device="cpu"), x.device)
     rows = (dh[:, None] + torch.arange(h, device=x.device)[None])  # n x h
     cols = (dw[:, None] + torch.arange(w, device=x.device)[None])  # n x w
     xp = xp.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * padding))
@@ -206,7 +213,7 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     "Each image of `x` flipped left-right with probability 1/2."
-    flip = (torch.rand(len(x), generator=generator, device="cpu") < 0.5).to(x.device)
+    flip = to_device_async(torch.rand(len(x), generator=generator, device="cpu") < 0.5, x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 # %% ../nbs/00_data.ipynb #17efb992

@@ -32,7 +32,7 @@ from .training import (evaluate, fit, get_device, load_training_state, make_opti
 # %% auto #0
 __all__ = ['LENET_PRUNING', 'PRESETS', 'BUDGETS', 'HALF_PRESETS', 'LOCK_FILE', 'METRIC_COLUMNS', 'Preset', 'validate_preset',
            'get_preset', 'LotteryConfig', 'RunDirError', 'atomic_write', 'save_torch', 'save_json', 'load_torch',
-           'versions', 'RunDir', 'run_data', 'build_model', 'run_lottery', 'use_amp', 'run_status']
+           'versions', 'RunDir', 'run_data', 'build_model', 'run_lottery', 'use_amp', 'use_channels_last', 'run_status']
 
 # %% ../nbs/06_lottery.ipynb #ac78749f
 @dataclass(frozen=True)
@@ -338,9 +338,13 @@ def _ticket_start(run: RunDir, cfg: LotteryConfig, r: int, init_state: dict) -> 
     return {"state": init_state}
 
 def use_amp(model: torch.nn.Module, device: torch.device) -> bool:
-    "bfloat16 autocast for convolutional networks on CUDA (where it pays); `LOTTERY_NB_AMP=0` or `1` decides instead."
-    env = os.environ.get("LOTTERY_NB_AMP")
-    if env is not None: return env == "1" and device.type == "cuda"
+    "bfloat16 autocast: only with `LOTTERY_NB_AMP=1`, on CUDA (at the papers' batch of 128 it does not pay; see above)."
+    return os.environ.get("LOTTERY_NB_AMP") == "1" and device.type == "cuda"
+
+def use_channels_last(model: torch.nn.Module, device: torch.device) -> bool:
+    "Channels-last for convolutional networks on CUDA; `LOTTERY_NB_CHANNELS_LAST=0` or `1` decides instead (1 also on the CPU)."
+    env = os.environ.get("LOTTERY_NB_CHANNELS_LAST")
+    if env is not None: return env == "1"
     return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 def _train_round(run, cfg, r, model, strat, train, test_loader, mask, start, dev, progress, exclude, late=None,
@@ -352,6 +356,8 @@ def _train_round(run, cfg, r, model, strat, train, test_loader, mask, start, dev
     ckpt_file = rd / "checkpoint.pt"
     rewind(model, mask, **start)
     model.to(dev)
+    channels_last = use_channels_last(model, dev)
+    if channels_last: model.to(memory_format=torch.channels_last)  # before the optimiser (fused kernels: one layout)
     optimizer = make_optimizer(model, p.optimizer, p.lr, p.momentum, p.weight_decay)
     scheduler = scheduler_fn(optimizer, p.milestones, p.gamma)
     torch.manual_seed(_round_seed(cfg.seed, r))
@@ -389,6 +395,7 @@ def _train_round(run, cfg, r, model, strat, train, test_loader, mask, start, dev
     metrics = {"round": r, "remaining": remaining_percent(mask, exclude=exclude),
                "remaining_all": remaining_percent(mask), **_evaluate_row(model, test_loader, p, final_from_history),
                "epochs": p.epochs, "seconds": round(time.perf_counter() - t0, 3), "device": dev.type, "amp": amp,
+               "channels_last": channels_last,
                **({"resumed_at_epochs": state["resumed"]} if state["resumed"] else {}),
                "sparsity": {row["layer"]: row["% remaining"] for row in sparsity_report(mask)}}
     save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, rd / "final.pt")

@@ -43,7 +43,7 @@ class MaskedTraining:
     def refresh(self):
         "Rebuild the float masks from the boolean ones (after changing those in place) and zero the pruned weights."
         self._params = [p for p, _ in self.pairs]
-        self._masks = [m.to(p.dtype) for p, m in self.pairs]
+        self._masks = [torch.empty_like(p).copy_(m) for p, m in self.pairs]  # p's dtype and memory format
         self.apply()
 
     @torch.no_grad()

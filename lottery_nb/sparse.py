@@ -88,20 +88,23 @@ class RigL(MaskedTraining):
         "Drop the smallest-magnitude active weights and grow as many inactive ones with the largest dense gradient, per layer."
         f, record = self.drop_fraction_at(self.step), {"step": self.step}
         for k, m in self.mask.items():
-            w, flat = self.params[k], m.view(-1)
+            w, flat = self.params[k], m.flatten().clone()  # logical order, whatever the memory format
             k_move = round(f * int(flat.sum()))
             if k_move == 0: continue
             was = flat.clone()
-            score = torch.where(flat, w.detach().abs().view(-1), torch.full_like(flat, float("inf"), dtype=w.dtype))
+            score = torch.where(flat, w.detach().abs().flatten(), torch.full_like(flat, float("inf"), dtype=w.dtype))
             drop = torch.topk(score, k_move, largest=False).indices
             flat[drop] = False
-            grow_score = torch.where(flat, torch.full_like(flat, -1.0, dtype=w.dtype), self.dense_grad[k].abs().view(-1))
+            grow_score = torch.where(flat, torch.full_like(flat, -1.0, dtype=w.dtype), self.dense_grad[k].abs().flatten())
             grow = torch.topk(grow_score, k_move).indices
             flat[grow] = True
-            new = grow[~was[grow]]  # a weight dropped and grown again in the same update keeps its value
-            w.view(-1)[new] = 0.0
+            m.copy_(flat.view(m.shape))
+            new = torch.zeros_like(flat)
+            new[grow[~was[grow]]] = True  # a weight dropped and grown again in the same update keeps its value
+            new = new.view(w.shape)
+            w.masked_fill_(new, 0.0)
             for buf in (self.optimizer.state.get(w, {}) if self.optimizer is not None else {}).values():
-                if torch.is_tensor(buf) and buf.shape == w.shape: buf.view(-1)[new] = 0.0
+                if torch.is_tensor(buf) and buf.shape == w.shape: buf.masked_fill_(new, 0.0)
             record[k] = (k_move, k_move)  # dropped, grown
         self.refresh()  # the float masks follow; dropped weights to zero
         self.dense_grad = {}

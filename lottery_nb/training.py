@@ -57,10 +57,16 @@ def evaluate(model: nn.Module, loader: Iterable, mc_passes: int = 0, n_bins: int
     return calibration_report(*predict(model, loader, mc_passes), n_bins=n_bins)
 
 # %% ../nbs/05_training.ipynb #76c81037
+def _fusable(params: list[torch.Tensor]) -> bool:
+    "Whether PyTorch's fused optimiser kernels take these parameters (floating point, on the CPU or CUDA)."
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
 def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    "Adam or SGD (with momentum and weight decay) over the model's parameters."
-    if name == "adam": return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    if name == "sgd": return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    "Adam or SGD (with momentum and weight decay) over the model's parameters; fused kernels where PyTorch has them."
+    params = list(model.parameters())
+    fused = _fusable(params) or None
+    if name == "adam": return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "sgd": return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
 
 def make_scheduler(optimizer: torch.optim.Optimizer, milestones=(), gamma: float = 0.1):

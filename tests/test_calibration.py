@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lottery_nb.calibration import (STRATEGIES, get_strategy, kl_uniform, lwcc_loss, lwcc_si_loss, mda_loss, mixup,
                                     nba_loss, soft_cross_entropy, soft_histogram, stochastic_logits, vwcc_loss)
-from lottery_nb.models import get_model
+from lottery_nb.models import ResNet18, VGG19, get_model
 
 
 
@@ -167,15 +167,63 @@ def test_every_strategy_trains_the_weights(name):
 
 
 @pytest.mark.parametrize("name", ["vwcc", "lwcc_si"])
-def test_stochastic_passes_are_one_batched_forward(name):
+def test_stochastic_passes_are_one_forward_that_runs_the_first_layer_once(name):
     s = get_strategy(name, T=7)
     model = get_model("lenet_300_100", dropout=0.3, input_shape=(1, 8, 8)).float()
-    sizes = []
-    model.fc1.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
+    rows = {}
+    for n in ("fc1", "fc2", "fc"):
+        getattr(model, n).register_forward_hook(lambda m, i, o, n=n: rows.setdefault(n, []).append(len(i[0])))
     s(model, torch.randn(10, 1, 8, 8, dtype=torch.float32), torch.randint(0, 10, (10,)))
-    assert sizes == [70]
+    assert rows == {"fc1": [10], "fc2": [70], "fc": [70]}  # before the first dropout once, after it T times
     zT = stochastic_logits(model, torch.randn(3, 1, 8, 8, dtype=torch.float32), 4)
     assert zT.shape == (4, 3, 10) and not torch.allclose(zT[0], zT[1])
+
+
+def _tiny(model_name):
+    if model_name == "lenet_300_100": return get_model(model_name, dropout=0.3, input_shape=(1, 8, 8)), (5, 1, 8, 8)
+    if model_name == "vgg19": return VGG19(dropout=0.3, stages=((4,), (8,), (8,), (8,), (8,))), (5, 3, 32, 32)
+    return ResNet18(dropout=0.3, widths=(4, 8, 8, 8)), (5, 3, 16, 16)
+
+
+@pytest.mark.parametrize("model_name", ["lenet_300_100", "resnet18", "vgg19"])
+@pytest.mark.parametrize("name", ["vwcc", "lwcc_si"])
+def test_shared_passes_give_the_loss_and_gradients_of_the_repeated_batch(name, model_name):
+    """The strategy's loss and gradients, with the layers before the first dropout run once, against the loss
+    computed on the model's plain forward of the batch repeated T times (the same dropout masks: same seed)."""
+    model, shape = _tiny(model_name)
+    model = model.double().train()
+    x, y = torch.randn(*shape, dtype=torch.float64), torch.randint(0, 10, (shape[0],))
+    loss_of = {"vwcc": vwcc_loss, "lwcc_si": lwcc_si_loss}[name]
+    def repeated(m, xb, T):
+        return m(xb.repeat(T, *[1] * (xb.ndim - 1))).view(T, len(xb), -1)
+    results = []
+    for logits in (repeated, None):
+        torch.manual_seed(0); model.zero_grad()
+        loss = loss_of(repeated(model, x, 5), y) if logits else get_strategy(name, T=5)(model, x, y)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (l1, g1), (l2, g2) = results
+    assert torch.allclose(l1, l2, rtol=1e-12)
+    for a, b in zip(g1, g2): assert torch.allclose(a, b, rtol=1e-9, atol=1e-12 * a.abs().max())
+
+
+def test_a_path_around_the_dropout_falls_back_to_the_repeated_batch():
+    class Skip(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn, self.drop, self.out = torch.nn.Linear(6, 6), torch.nn.BatchNorm1d(6), torch.nn.Dropout(0.5), torch.nn.Linear(6, 3)
+        def forward(self, x):
+            h = self.bn(self.fc(x))
+            return self.out(self.drop(h) + h)
+    a, b, x = Skip(), Skip(), torch.randn(4, 6)
+    b.load_state_dict(a.state_dict())
+    torch.manual_seed(0); za = a(x.repeat(3, 1)).view(3, 4, 3)
+    torch.manual_seed(0); zb = stochastic_logits(b, x, 3)
+    assert torch.allclose(za, zb)
+    assert torch.allclose(a.bn.running_mean, b.bn.running_mean) and torch.allclose(a.bn.running_var, b.bn.running_var)
+    torch.manual_seed(1); zb2 = stochastic_logits(b, x, 3)  # later calls go straight to the repeated batch
+    torch.manual_seed(1); za2 = a(x.repeat(3, 1)).view(3, 4, 3)
+    assert torch.allclose(za2, zb2) and b.bn.num_batches_tracked == 2
 
 
 def test_get_strategy_errors_and_defaults():

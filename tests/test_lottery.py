@@ -166,3 +166,26 @@ def test_real_mnist_smoke_run(real_data, tmp_path):
     assert len(m) == 2 and m[1]["sparsity"]["fc1.weight"] == pytest.approx(80.0, abs=0.01)
     assert m[1]["sparsity"]["fc.weight"] == pytest.approx(90.0, abs=0.01)
     assert m[0]["accuracy"] > 0.5  # 2,000 images, one epoch at the paper's lr 1e-4
+
+
+def test_channels_last_rounds_give_the_same_tickets(tiny_cifar10, tmp_path, monkeypatch):
+    """A ResNet-18 lottery run in channels-last (forced on the CPU here; the default on CUDA) against the same
+    run in the default format: the same metrics up to rounding, the same pruned masks, and the choice recorded."""
+    from lottery_nb.lottery import run_lottery
+    runs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("LOTTERY_NB_CHANNELS_LAST", flag)
+        runs[flag] = run_lottery("cifar10_resnet18", "none", rounds=1, budget="smoke", data_root=tiny_cifar10, device="cpu",
+                                 out_dir=tmp_path / f"cl{flag}", progress=False)
+    for r in (0, 1):
+        a, b = (json.loads((runs[f].round_dir(r) / "metrics.json").read_text()) for f in ("0", "1"))
+        assert a["channels_last"] is False and b["channels_last"] is True and a["amp"] is False
+        for k in ("accuracy", "ece", "nll", "brier"): assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-6), (r, k)
+    for f, fmt in (("0", torch.contiguous_format), ("1", torch.channels_last)):  # the weights were trained in that format
+        final = torch.load(runs[f].round_dir(1) / "final.pt")
+        convs = [w for w in final.values() if w.ndim == 4 and w.shape[1] > 1 and w.shape[2] > 1]
+        assert convs and all(w.is_contiguous(memory_format=fmt) for w in convs), f
+    ma, mb = (torch.load(runs[f].round_dir(1) / "mask.pt") for f in ("0", "1"))
+    assert sum(int(m.sum()) for m in ma.values()) == sum(int(m.sum()) for m in mb.values())  # exactly 20% pruned in both
+    # the weights agree to ~1e-7 (convolutions in another order), so a few of the 11 million may swap at the threshold
+    assert sum(int((ma[k] != mb[k]).sum()) for k in ma) < 1e-5 * sum(m.numel() for m in ma.values())

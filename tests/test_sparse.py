@@ -164,3 +164,28 @@ def test_reproduce_with_sparsities_draws_the_sparse_figure(tmp_path):
     df = pd.read_csv(out / "results.csv")
     assert set(df[df.kind == "sparse"].method) == {"rigl", "cigl"}
     assert (out / "figures" / "sparse_training.png").exists() and (out / "notebooks" / "sparse_grid_digits.ipynb").exists()
+
+
+def test_rigl_masks_do_not_depend_on_the_memory_format():
+    """Channels-last (the default for convolutional networks on CUDA) changes the weights' strides, not their
+    logical order: RigL's drops, grows and resets must give the same masks as in the default format."""
+    from lottery_nb.models import ResNet18
+    from lottery_nb.training import make_optimizer
+    x, y = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (8,))
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        m = ResNet18(widths=(4, 8, 8, 8)).double().to(memory_format=fmt)
+        params = prunable_parameters(m)
+        mask = random_mask(params, layer_densities({k: tuple(p.shape) for k, p in params.items()}, 0.8), torch.Generator().manual_seed(0))
+        opt = make_optimizer(m, "sgd", 0.05, momentum=0.9)
+        rigl = RigL(m, mask, delta_t=2); rigl.attach(opt, range(12), 1)
+        assert m.conv1.weight.is_contiguous(memory_format=fmt)
+        for _ in range(12):
+            opt.zero_grad(); nn.functional.cross_entropy(m(x), y).backward()
+            rigl.before_step(); opt.step(); rigl.after_step()
+        assert m.conv1.weight.is_contiguous(memory_format=fmt) and len(rigl.updates) == 4
+        results.append((rigl.mask, [p.detach().clone() for p in m.parameters()]))
+    (m1, w1), (m2, w2) = results
+    assert all(torch.equal(m1[k], m2[k]) for k in m1)
+    assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(w1, w2))
