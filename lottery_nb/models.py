@@ -12,15 +12,25 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['VGG19_STAGES', 'MODELS', 'DEFAULT_INPUT_SHAPE', 'LeNet300100', 'BasicBlock', 'CifarResNet', 'ResNet18', 'Bottleneck',
-           'ResNet50', 'VGG19', 'get_model', 'count_parameters', 'prunable_parameters', 'pruning_exclusions']
+__all__ = ['VGG19_STAGES', 'MODELS', 'DEFAULT_INPUT_SHAPE', 'Dropout', 'LeNet300100', 'BasicBlock', 'CifarResNet', 'ResNet18',
+           'Bottleneck', 'ResNet50', 'VGG19', 'get_model', 'count_parameters', 'prunable_parameters',
+           'pruning_exclusions']
+
+# %% ../nbs/01_models.ipynb #89b91070
+class Dropout(nn.Dropout):
+    "`nn.Dropout` whose masks on the CPU come from `torch.rand` (about 3× faster than `bernoulli_`): the same distribution."
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu": return super().forward(x)
+        if self.p == 1: return x * 0
+        scaled_mask = torch.rand_like(x).ge_(self.p).mul_(1 / (1 - self.p))  # 1/(1-p) with probability 1-p, else 0
+        return x.mul_(scaled_mask) if self.inplace else x * scaled_mask
 
 # %% ../nbs/01_models.ipynb #00f63d3e
 class LeNet300100(nn.Module):
     "The fully connected LeNet-300-100: `in_features`-300-100-`num_classes`, ReLU, optional dropout."
     def __init__(self, num_classes: int = 10, in_features: int = 784, dropout: float = 0.0):
         super().__init__()
-        drop = lambda: nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        drop = lambda: Dropout(dropout) if dropout > 0 else nn.Identity()
         self.flatten = nn.Flatten()
         self.fc1, self.drop1 = nn.Linear(in_features, 300), drop()
         self.fc2, self.drop2 = nn.Linear(300, 100), drop()
@@ -59,7 +69,7 @@ class CifarResNet(nn.Module):
         stages, c = make_stages(stem)  # (the four stages, their output channels) from the stem's channels
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.pool, self.flatten = nn.AdaptiveAvgPool2d(1), nn.Flatten()
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(c, num_classes)
 
     def forward(self, x):
@@ -130,7 +140,7 @@ class VGG19(nn.Module):
                 c = w
             layers.append(nn.MaxPool2d(2) if i < len(stages) - 1 else nn.AdaptiveAvgPool2d(1))
         self.features, self.flatten = nn.Sequential(*layers), nn.Flatten()
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(c, num_classes)
 
     def forward(self, x): return self.fc(self.drop(self.flatten(self.features(x))))

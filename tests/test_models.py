@@ -50,3 +50,18 @@ def test_dropout_places_and_validation():
         assert isinstance(get_model(name).drop, nn.Identity)
     with pytest.raises(ValueError, match="dropout"): get_model("lenet_300_100", dropout=1.0)
     with pytest.raises(ValueError, match="lenet_300_100"): get_model("alexnet")
+
+
+def test_cpu_dropout_matches_torch_dropout_in_distribution():
+    """The models' CPU dropout draws its masks from torch.rand; nn.Dropout from bernoulli_. Same keep rate, same
+    scaling, same mean and variance of the output, and the models use it wherever they have dropout."""
+    from lottery_nb.models import Dropout
+    torch.manual_seed(0)
+    x = torch.rand(2000, 500) + 0.5
+    ours, ref = Dropout(0.3)(x), nn.Dropout(0.3)(x)
+    for a in (ours, ref): assert abs((a > 0).float().mean().item() - 0.7) < 0.002
+    assert torch.allclose(ours[ours > 0], (x / 0.7)[ours > 0])
+    assert abs(ours.mean().item() - ref.mean().item()) < 0.005 and abs(ours.var().item() - ref.var().item()) < 0.01
+    for name in ("lenet_300_100", "resnet18", "vgg19", "resnet50"):
+        drops = [m for m in get_model(name, dropout=0.2).modules() if isinstance(m, nn.Dropout)]
+        assert drops and all(type(m) is Dropout for m in drops), name
