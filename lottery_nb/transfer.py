@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import BatchLoader, get_spec
-from .lottery import (LotteryConfig, RunDir, RunDirError, _ticket_start, _train_round, build_model, load_torch,
+# (Preset: the inherited field annotations of TransferConfig are resolved in this module, by show_doc and typing tools)
+from .lottery import (LotteryConfig, Preset, RunDir, RunDirError, _ticket_start, _train_round, build_model, load_torch,
                                 run_data, save_torch)
 from .models import pruning_exclusions
 from .training import get_device
