@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
@@ -24,8 +26,8 @@ from .sparse import run_sparse, sparse_config
 
 # %% auto #0
 __all__ = ['DATASET_PRESETS', 'TRANSFER_TARGETS', 'grid_configs', 'check_data', 'usable_cores', 'check_workers', 'dask_client',
-           'run_jobs', 'transfer_targets', 'run_transfer_grid', 'sparse_configs', 'run_sparse_grid', 'run_grid',
-           'ReproduceError', 'experiments_dir', 'execute', 'reproduce']
+           'WorkerLostError', 'run_jobs', 'transfer_targets', 'run_transfer_grid', 'sparse_configs', 'run_sparse_grid',
+           'run_grid', 'ReproduceError', 'experiments_dir', 'execute', 'reproduce']
 
 # %% ../nbs/10_reproduce.ipynb #a1fc49d3
 DATASET_PRESETS = {"mnist": "mnist_lenet", "fashion_mnist": "fashion_mnist_lenet", "cifar10": "cifar10_resnet18",
@@ -75,6 +77,25 @@ def dask_client(address: str):
     except (OSError, TimeoutError) as e:
         raise ValueError(f"no Dask scheduler answers at {address!r} ({type(e).__name__}); start one, or leave out --scheduler") from None
 
+class WorkerLostError(RuntimeError):
+    "Local worker processes died more often than `run_jobs` may restart them; the finished work is kept."
+
+def _run_pool(jobs: list[tuple[str, Callable, dict]], workers: int, retries: int) -> list:
+    "`jobs` on a pool of `workers` spawned processes; a pool broken by a dying worker is replaced and its unfinished jobs rerun."
+    threads, results, todo = max(1, usable_cores() // workers), {}, list(range(len(jobs)))
+    for attempt in range(retries + 1):
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {i: pool.submit(_call, jobs[i][1], jobs[i][2], threads) for i in todo}
+            lost = []
+            for i, f in futures.items():
+                try: results[i] = f.result()
+                except BrokenProcessPool: lost.append(i)  # the pool stops all its workers: these jobs were cut short
+        if not lost: return [results[i] for i in range(len(jobs))]
+        todo, names = lost, ", ".join(jobs[i][0] for i in lost)
+        if attempt < retries: print(f"lottery_nb: a worker process died; restarting {names} (restart {attempt + 1} of {retries})", file=sys.stderr)
+    raise WorkerLostError(f"worker processes died {retries + 1} times (last running: {names}); the finished rounds and epoch "
+                          "checkpoints are kept: run the same command again to resume (with fewer --workers if memory ran out)")
+
 def run_jobs(jobs: list[tuple[str, Callable, dict]], workers: int = 1, scheduler: str | None = None, retries: int = 3) -> list:
     "Run each `(name, function, kwargs)` in this process, on `workers` local processes, or on the Dask cluster at `scheduler`; results in order."
     check_workers(workers)
@@ -83,10 +104,7 @@ def run_jobs(jobs: list[tuple[str, Callable, dict]], workers: int = 1, scheduler
             futures = [client.submit(_call, fn, kw, key=f"lottery_nb-{name}", pure=False, retries=retries) for name, fn, kw in jobs]
             return client.gather(futures)
     if workers == 1 or len(jobs) <= 1: return [fn(**kw) for _, fn, kw in jobs]
-    threads = max(1, usable_cores() // workers)
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_call, fn, kw, threads) for _, fn, kw in jobs]
-        return [f.result() for f in futures]
+    return _run_pool(jobs, workers, retries)
 
 # %% ../nbs/10_reproduce.ipynb #36de7d4e
 def transfer_targets(grid: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Sweeps on executors (in-process, local process pool, Dask), the run lock, a Dask worker lost mid-run, and the
+"""Sweeps on executors (in-process, local process pool, Dask), the run lock, a worker lost mid-run (process pool and Dask), and the
 benchmark command."""
 import json
 import os
@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,36 +62,64 @@ def test_lock_refuses_a_second_process_and_a_killed_run_resumes(tmp_path):
     assert run.finished_rounds() == [0, 1]  # resumed in place: the kill released the lock
 
 
+def kill_a_worker_mid_round(out, worker_pids, **grid) -> tuple[list[RunDir], RunDir, int]:
+    """Run the grid (with `grid`'s executor) in a thread; once a run has an epoch checkpoint of epoch >= 5, SIGKILL
+    the worker process that holds its lock (one of `worker_pids()`). Returns the grid's result, the run and its round."""
+    result, error = [], []
+    def go():
+        try: result.extend(run_grid(**GRID, out=out, overrides={"epochs": 60}, **grid))
+        except Exception as e: error.append(e)
+    th = threading.Thread(target=go); th.start()
+    t0 = time.time()
+    while True:  # a run in the middle of a round, with an epoch checkpoint on disk
+        cks = [c for c in out.glob("*/round_0*/checkpoint.pt")]
+        if cks and torch.load(cks[0], weights_only=False)["epoch"] >= 5: break
+        assert th.is_alive() and time.time() - t0 < 180, error
+        time.sleep(0.05)
+    victim, victim_round = RunDir(cks[0].parents[1]), int(cks[0].parent.name[6:])
+    pid = int((victim.path / ".lock").read_text().split()[1])
+    assert pid != os.getpid() and pid in worker_pids()  # a worker process holds the run
+    os.kill(pid, signal.SIGKILL)
+    th.join(300)
+    assert not th.is_alive() and not error, error
+    return result, victim, victim_round
+
+
+def assert_resumed_exactly(result: list[RunDir], ref: list[RunDir], victim: RunDir, victim_round: int):
+    assert [r.path.name for r in result] == [r.path.name for r in ref]
+    assert all(strip(a) == strip(b) for a, b in zip(result, ref))  # resumed exactly, nothing lost
+    resumed = victim.round_metrics()[victim_round]["resumed_at_epochs"]
+    assert len(resumed) == 1 and resumed[0] >= 5  # continued from the checkpoint, not from scratch
+    df = load_results(victim.path.parent)
+    assert len(df) == 4 and not df.duplicated(["run", "round"]).any()  # every (run, round) once in the results
+
+
+def children() -> set[int]:
+    "The pids of this process's child processes (Linux)."
+    me = os.getpid()
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == me}
+
+
+def _ppid(proc: Path) -> int | None:
+    try: return int(next(l for l in (proc / "status").read_text().splitlines() if l.startswith("PPid:")).split()[1])
+    except (OSError, StopIteration): return None
+
+
+def test_process_pool_worker_lost_mid_run_resumes_in_a_new_pool(tmp_path):
+    with threads(max(1, usable_cores() // 2)):  # what each of two workers gets
+        ref = run_grid(**GRID, out=tmp_path / "ref", overrides={"epochs": 60})
+    result, victim, victim_round = kill_a_worker_mid_round(tmp_path / "pool", children, workers=2)
+    assert_resumed_exactly(result, ref, victim, victim_round)
+
+
 def test_dask_worker_lost_mid_run_resumes_elsewhere(tmp_path):
     from distributed import Client, LocalCluster
     with threads(1):  # Dask's workers run with OMP_NUM_THREADS=1
         ref = run_grid(**GRID, out=tmp_path / "ref", overrides={"epochs": 60})
-    out = tmp_path / "dask"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        result, error = [], []
-        def go():
-            try: result.extend(run_grid(**GRID, out=out, overrides={"epochs": 60}, scheduler=cluster.scheduler_address))
-            except Exception as e: error.append(e)
-        th = threading.Thread(target=go); th.start()
-        t0 = time.time()
-        while True:  # a run in the middle of a round, with an epoch checkpoint on disk
-            cks = [c for c in out.glob("*/round_0*/checkpoint.pt")]
-            if cks and torch.load(cks[0], weights_only=False)["epoch"] >= 5: break
-            assert th.is_alive() and time.time() - t0 < 180, error
-            time.sleep(0.05)
-        victim, victim_round = RunDir(cks[0].parents[1]), int(cks[0].parent.name[6:])
-        holder = (victim.path / ".lock").read_text()
-        pid = int(holder.split()[1])
-        assert pid in client.run(os.getpid).values()  # a Dask worker holds the run
-        os.kill(pid, signal.SIGKILL)
-        th.join(300)
-        assert not th.is_alive() and not error, error
-    assert [r.path.name for r in result] == [r.path.name for r in ref]
-    assert all(strip(a) == strip(b) for a, b in zip(result, ref))  # resumed exactly, nothing lost
-    resumed = RunDir(victim.path).round_metrics()[victim_round]["resumed_at_epochs"]
-    assert len(resumed) == 1 and resumed[0] >= 5  # another worker continued from the checkpoint, not from scratch
-    df = load_results(out)
-    assert len(df) == 4 and not df.duplicated(["run", "round"]).any()  # every (run, round) once in the results
+        worker_pids = lambda: set(client.run(os.getpid).values())
+        result, victim, victim_round = kill_a_worker_mid_round(tmp_path / "dask", worker_pids, scheduler=cluster.scheduler_address)
+    assert_resumed_exactly(result, ref, victim, victim_round)
 
 
 def test_dask_scheduler_that_does_not_answer_fails_before_any_work(tmp_path):
