@@ -29,8 +29,8 @@ from .training import evaluate, fit, get_device, make_optimizer
 
 # %% auto #0
 __all__ = ['CHILDREN', 'BENCH_PARTS', 'Measure', 'alternate', 'fake_data', 'masked_epoch', 'bare_epoch', 'bench_trainer',
-           'bench_strategies', 'bench_evaluation', 'bench_pruning', 'child_memory', 'bench_memory', 'bench_sweep',
-           'bench_gpu_resnet', 'run_bench', 'format_table']
+           'bench_strategies', 'bench_evaluation', 'bench_pruning', 'bench_compile', 'child_memory', 'bench_memory',
+           'bench_threads', 'bench_sweep', 'bench_gpu_resnet', 'run_bench', 'format_table']
 
 # %% ../nbs/12_bench.ipynb #fdfa4c88
 @dataclass
@@ -153,6 +153,22 @@ def bench_pruning(repeat: int = 3, device="cpu") -> Measure:
     return Measure("global pruning round vs one step (ResNet-18)", t["prune"] / t["step"], t["prune"], t["step"], device=dev.type,
                    note="batch 128, SGD")
 
+# %% ../nbs/12_bench.ipynb #a7a7a445
+def bench_compile(n: int = 6_000, batch_size: int = 60, repeat: int = 5, device="cpu") -> Measure:
+    "A LeNet-300-100 training epoch with the model under `torch.compile` against eager mode; compilation is not timed."
+    dev, name = get_device(device), "torch.compile speed-up: LeNet epoch"
+    loader = BatchLoader(fake_data("mnist", n, dev), batch_size, shuffle=True, device=dev)
+    torch.manual_seed(0)
+    model = get_model("lenet_300_100").to(dev)
+    opt, compiled = make_optimizer(model, "adam", 1e-4), torch.compile(model)
+    t0 = time.perf_counter()
+    try: fit(compiled, loader, 1, opt, progress=False)  # the first epoch compiles
+    except Exception as e:  # e.g. no C++ compiler for the CPU backend: recorded, and the benchmark goes on
+        return Measure(name, float("nan"), float("nan"), float("nan"), device=dev.type, note=f"torch.compile failed: {type(e).__name__}: {e}"[:300])
+    note = f"compilation {time.perf_counter() - t0:.0f} s, not timed; {n} samples, batch {batch_size}"
+    t = alternate({"eager": lambda: fit(model, loader, 1, opt, progress=False), "compiled": lambda: fit(compiled, loader, 1, opt, progress=False)}, repeat)
+    return Measure(name, t["eager"] / t["compiled"], t["compiled"], t["eager"], device=dev.type, note=note)
+
 # %% ../nbs/12_bench.ipynb #90723598
 def _status_mib(field: str) -> float | None:
     "A memory field of /proc/self/status (VmRSS, VmHWM) in MiB; None where there is no /proc."
@@ -212,6 +228,19 @@ def _sweep(workers: int, epochs: int) -> float:
                  progress=False, workers=workers)
         return time.perf_counter() - t
 
+def bench_threads(n: int = 6_000, batch_size: int = 60, repeat: int = 5) -> Measure:
+    "One LeNet-300-100 epoch on all of this process's PyTorch threads against one thread."
+    threads = torch.get_num_threads()
+    loader = BatchLoader(fake_data("mnist", n), batch_size, shuffle=True)
+    torch.manual_seed(0)
+    model = get_model("lenet_300_100")
+    opt = make_optimizer(model, "adam", 1e-4)
+    def epoch(k: int): torch.set_num_threads(k); fit(model, loader, 1, opt, progress=False)
+    try: t = alternate({"one": lambda: epoch(1), "all": lambda: epoch(threads)}, repeat)
+    finally: torch.set_num_threads(threads)
+    return Measure(f"LeNet epoch: {threads} threads vs 1, speed-up", t["one"] / t["all"], t["all"], t["one"],
+                   note=f"{n} samples, batch {batch_size}")
+
 def bench_sweep(epochs: int = 150, repeat: int = 1) -> Measure:
     "Throughput of a grid of four runs on 2 local worker processes against 1."
     t = alternate({"1": lambda: _sweep(1, epochs), "2": lambda: _sweep(2, epochs)}, repeat, warmup=0)
@@ -256,7 +285,7 @@ def bench_gpu_resnet(device="cuda", repeat: int = 10, compile: bool = True) -> l
     return out
 
 # %% ../nbs/12_bench.ipynb #800669ea
-BENCH_PARTS = ("trainer", "strategies", "evaluation", "pruning", "memory", "sweep")
+BENCH_PARTS = ("trainer", "strategies", "evaluation", "pruning", "compile", "memory", "sweep")
 
 def run_bench(out=None, device="auto", quick: bool = False, progress: bool = True, only=None) -> dict:
     "Every measure (`only` some of `BENCH_PARTS`) on the CPU, and on CUDA where present; written as JSON to `out` when given."
@@ -265,17 +294,19 @@ def run_bench(out=None, device="auto", quick: bool = False, progress: bool = Tru
     if bad: raise ValueError(f"unknown benchmark part {', '.join(map(repr, bad))}; choose from: {', '.join(BENCH_PARTS)}")
     dev, r = get_device(device), (2 if quick else 5)
     n = 6_000 if quick else 12_000
-    cpu = {"trainer": lambda: bench_trainer(n, repeat=r),
+    cpu = {"trainer": lambda: bench_trainer(n, repeat=2 * r),  # steps of ~1 ms: the ratio of the best of 10 is steadier
            "strategies": lambda: bench_strategies(n // 2, repeat=r + 2),
            "evaluation": lambda: [bench_evaluation(n, repeat=r)],
            "pruning": lambda: [bench_pruning(repeat=max(2, r - 2))],
+           "compile": lambda: [bench_compile(n // 2, repeat=r)],
            "memory": bench_memory,
-           "sweep": lambda: [bench_sweep(40 if quick else 150)]}
-    gpu = {"trainer": lambda: bench_trainer(12_000, repeat=2 * r, device=dev),  # steps of ~1 ms, bound by the CPU: noisier
+           "sweep": lambda: [bench_threads(n // 2, repeat=r), bench_sweep(40 if quick else 150)]}
+    gpu = {"trainer": lambda: bench_trainer(12_000, repeat=2 * r, device=dev),
            "strategies": lambda: bench_strategies(6_000, repeat=r, device=dev)
                          + bench_strategies(128 * 20, 128, repeat=r, device=dev, model="resnet18", dataset="cifar10"),
            "evaluation": lambda: [bench_evaluation(12_000, repeat=r, device=dev)],
-           "pruning": lambda: [bench_pruning(repeat=r, device=dev)] + bench_gpu_resnet(dev)}
+           "pruning": lambda: [bench_pruning(repeat=r, device=dev)] + bench_gpu_resnet(dev),
+           "compile": lambda: [bench_compile(12_000, repeat=r, device=dev)]}
     parts = [(k, cpu[k]) for k in only] + [(f"{k} ({dev.type})", gpu[k]) for k in only if dev.type == "cuda" and k in gpu]
     machine = {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "platform": platform.platform()}

@@ -249,13 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rp)
     rp.set_defaults(func=cmd_reproduce)
 
-    b = sub.add_parser("bench", help="benchmark: trainer vs bare PyTorch, strategies, evaluation, pruning, memory, sweeps (ratios)",
+    b = sub.add_parser("bench", help="benchmark: trainer vs bare PyTorch, strategies, evaluation, pruning, torch.compile, memory, sweeps (ratios)",
                        description="Measures the project's code against plain PyTorch doing the same work in the same process; "
                                    "every figure is a ratio. Prints a table and writes it as JSON.")
     b.add_argument("--out", default="bench.json", help="JSON file to write (default: bench.json)")
     b.add_argument("--device", default="auto", help="'auto' (CUDA if present: GPU figures too), 'cpu', 'cuda', ...")
     b.add_argument("--quick", action="store_true", help="fewer repeats and smaller workloads (about a minute)")
-    b.add_argument("--only", nargs="+", metavar="PART", help="only these parts: trainer, strategies, evaluation, pruning, memory, sweep")
+    from lottery_nb.bench import BENCH_PARTS
+    b.add_argument("--only", nargs="+", metavar="PART", help="only these parts: " + ", ".join(BENCH_PARTS))
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.set_defaults(func=cmd_bench)
 

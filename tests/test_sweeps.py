@@ -131,18 +131,20 @@ def test_dask_scheduler_that_does_not_answer_fails_before_any_work(tmp_path):
 
 def test_bench_command_prints_ratios_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    r = cli("bench", "--quick", "--only", "trainer", "evaluation", "pruning", "--device", "cpu", "--out", str(out))
+    r = cli("bench", "--quick", "--only", "trainer", "evaluation", "pruning", "compile", "--device", "cpu", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     names = [m["name"] for m in res["measures"]]
     assert names == ["trainer throughput vs bare loop", "trainer + mask throughput vs bare loop",
                      "fused Adam vs PyTorch's default: epoch speed-up",
-                     "evaluation (all metrics) vs one epoch", "global pruning round vs one step (ResNet-18)"]
+                     "evaluation (all metrics) vs one epoch", "global pruning round vs one step (ResNet-18)",
+                     "torch.compile speed-up: LeNet epoch"]
     assert res["complete"] is True
     for m in res["measures"]:
         faster_is_higher = "throughput" in m["name"] or "speed-up" in m["name"]
         assert m["ratio"] == pytest.approx(m["reference"] / m["ours"] if faster_is_higher else m["ours"] / m["reference"])
         assert m["ours"] > 0 and m["reference"] > 0
     assert "trainer throughput vs bare loop" in r.stdout and ">= 0.95" in r.stdout
+    assert "compilation" in res["measures"][-1]["note"]  # torch.compile worked (a failure is recorded in the note instead)
     bad = cli("bench", "--only", "speed", "--out", str(tmp_path / "x.json"))
     assert bad.returncode == 2 and "speed" in bad.stderr and not (tmp_path / "x.json").exists()
