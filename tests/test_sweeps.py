@@ -47,7 +47,7 @@ def test_worker_threads_share_the_cores():
 
 
 def test_lock_refuses_a_second_process_and_a_killed_run_resumes(tmp_path):
-    args = ["run", "--preset", "digits_lenet", "--budget", "smoke", "--rounds", "1", "--set", "epochs=400", "--quiet",
+    args = ["run", "--preset", "digits_lenet", "--budget", "smoke", "--rounds", "0", "--set", "epochs=400", "--quiet",
             "--device", "cpu", "--out", str(tmp_path)]
     with background_cli(*args) as first:
         wait_until(lambda: list(tmp_path.glob("*/round_00/checkpoint.pt")), first, "the first checkpoint")
@@ -57,9 +57,11 @@ def test_lock_refuses_a_second_process_and_a_killed_run_resumes(tmp_path):
         assert str(first.pid) in second.stderr
         first.send_signal(signal.SIGKILL); first.wait(30)
     assert not run.done(0)
+    killed_at = torch.load(run.round_dir(0) / "checkpoint.pt", weights_only=False)["epoch"]
     third = cli(*args)
     assert third.returncode == 0, third.stderr[-2000:]
-    assert run.finished_rounds() == [0, 1]  # resumed in place: the kill released the lock
+    assert run.finished_rounds() == [0]  # resumed in place: the kill released the lock
+    assert run.round_metrics()[0]["resumed_at_epochs"] == [killed_at]  # from the checkpoint, not from scratch
 
 
 def kill_a_worker_mid_round(out, worker_pids, **grid) -> tuple[list[RunDir], RunDir, int]:
@@ -131,20 +133,18 @@ def test_dask_scheduler_that_does_not_answer_fails_before_any_work(tmp_path):
 
 def test_bench_command_prints_ratios_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    r = cli("bench", "--quick", "--only", "trainer", "evaluation", "pruning", "compile", "--device", "cpu", "--out", str(out))
+    r = cli("bench", "--quick", "--only", "trainer", "evaluation", "pruning", "--device", "cpu", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     names = [m["name"] for m in res["measures"]]
     assert names == ["trainer throughput vs bare loop", "trainer + mask throughput vs bare loop",
                      "fused Adam vs PyTorch's default: epoch speed-up",
-                     "evaluation (all metrics) vs one epoch", "global pruning round vs one step (ResNet-18)",
-                     "torch.compile speed-up: LeNet epoch"]
+                     "evaluation (all metrics) vs one epoch", "global pruning round vs one step (ResNet-18)"]
     assert res["complete"] is True
     for m in res["measures"]:
         faster_is_higher = "throughput" in m["name"] or "speed-up" in m["name"]
         assert m["ratio"] == pytest.approx(m["reference"] / m["ours"] if faster_is_higher else m["ours"] / m["reference"])
         assert m["ours"] > 0 and m["reference"] > 0
     assert "trainer throughput vs bare loop" in r.stdout and ">= 0.95" in r.stdout
-    assert "compilation" in res["measures"][-1]["note"]  # torch.compile worked (a failure is recorded in the note instead)
     bad = cli("bench", "--only", "speed", "--out", str(tmp_path / "x.json"))
     assert bad.returncode == 2 and "speed" in bad.stderr and not (tmp_path / "x.json").exists()
