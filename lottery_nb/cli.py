@@ -53,7 +53,7 @@ def cmd_demo(args) -> dict:
     from lottery_nb.data import BatchLoader, get_spec, load_in_memory
     from lottery_nb.metrics import calibration_report, reliability_diagram
     from lottery_nb.models import get_model
-    from lottery_nb.training import fit, get_device, predict
+    from lottery_nb.training import fit, get_device, make_optimizer, predict
     names, spec, device = parse_strategies(args.strategies), get_spec(args.dataset), get_device(args.device)
     train = load_in_memory(args.dataset, True, args.data_root, args.download)
     test = load_in_memory(args.dataset, False, args.data_root, args.download)
@@ -67,7 +67,7 @@ def cmd_demo(args) -> dict:
         model = get_model("lenet_300_100", spec.num_classes, strategy.dropout, spec.input_shape).to(device)
         t0 = time.perf_counter()
         fit(model, BatchLoader(train, args.batch_size, shuffle=True, seed=args.seed, device=device), args.epochs,
-            torch.optim.Adam(model.parameters(), args.lr), loss_fn=strategy, desc=f"{args.dataset} {name}")
+            make_optimizer(model, "adam", args.lr), loss_fn=strategy, desc=f"{args.dataset} {name}")
         seconds = time.perf_counter() - t0
         probs, labels = predict(model, BatchLoader(test, 1000, device=device))
         results[name] = {**calibration_report(probs, labels), "train_seconds": round(seconds, 2), "strategy": repr(strategy)}
