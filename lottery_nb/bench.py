@@ -92,15 +92,20 @@ def bare_epoch(model: nn.Module, data: InMemoryDataset, batch_size: int, optimiz
         nn.functional.cross_entropy(model(x), data.y[idx]).backward()
         optimizer.step()
 
+def _lenet_job(n: int, batch_size: int = 60, device="cpu") -> tuple[nn.Module, BatchLoader, torch.optim.Optimizer]:
+    "LeNet-300-100 (seed 0) with the runs' fused Adam, and a shuffled loader over `n` random MNIST-sized images on `device`."
+    dev = get_device(device)
+    loader = BatchLoader(fake_data("mnist", n, dev), batch_size, shuffle=True, device=dev)
+    torch.manual_seed(0)
+    model = get_model("lenet_300_100").to(dev)
+    return model, loader, make_optimizer(model, "adam", 1e-4)
+
 def bench_trainer(n: int = 12_000, batch_size: int = 60, repeat: int = 5, device="cpu") -> list[Measure]:
     "The trainer (plain and under a mask) against the bare loop: LeNet-300-100, MNIST-sized data."
     dev = get_device(device)
-    data = fake_data("mnist", n, dev)
-    torch.manual_seed(0)
-    model = get_model("lenet_300_100").to(dev)
-    opt, default = make_optimizer(model, "adam", 1e-4), torch.optim.Adam(model.parameters(), 1e-4)
-    g, loader = torch.Generator().manual_seed(0), BatchLoader(data, batch_size, shuffle=True, device=dev)
-    t = alternate({"bare": lambda: bare_epoch(model, data, batch_size, opt, g),
+    model, loader, opt = _lenet_job(n, batch_size, dev)
+    default, g = torch.optim.Adam(model.parameters(), 1e-4), torch.Generator().manual_seed(0)
+    t = alternate({"bare": lambda: bare_epoch(model, loader.data, batch_size, opt, g),
                    "fit": lambda: fit(model, loader, 1, opt, progress=False), "masked": lambda: masked_epoch(model, loader, opt),
                    "default": lambda: fit(model, loader, 1, default, progress=False)}, repeat)
     per = f"{n} samples, batch {batch_size}"
@@ -128,11 +133,8 @@ def bench_strategies(n: int = 6_000, batch_size: int = 60, repeat: int = 3, devi
 def bench_evaluation(n_train: int = 12_000, n_test: int = 10_000, repeat: int = 5, device="cpu") -> Measure:
     "`evaluate` (all metrics) on a 10,000-image test set against one epoch on 60,000 training images."
     dev = get_device(device)
-    loader = BatchLoader(fake_data("mnist", n_train, dev), 60, shuffle=True, device=dev)
+    model, loader, opt = _lenet_job(n_train, 60, dev)
     test = BatchLoader(fake_data("mnist", n_test, dev, seed=1), 1000, device=dev)
-    torch.manual_seed(0)
-    model = get_model("lenet_300_100").to(dev)
-    opt = make_optimizer(model, "adam", 1e-4)
     t = alternate({"epoch": lambda: fit(model, loader, 1, opt, progress=False), "eval": lambda: evaluate(model, test)}, repeat)
     epoch = t["epoch"] * 60_000 / n_train
     return Measure("evaluation (all metrics) vs one epoch", t["eval"] / epoch, t["eval"], epoch, target="<= 0.05", device=dev.type,
@@ -157,10 +159,8 @@ def bench_pruning(repeat: int = 3, device="cpu") -> Measure:
 def bench_compile(n: int = 6_000, batch_size: int = 60, repeat: int = 5, device="cpu") -> Measure:
     "A LeNet-300-100 training epoch with the model under `torch.compile` against eager mode; compilation is not timed."
     dev, name = get_device(device), "torch.compile speed-up: LeNet epoch"
-    loader = BatchLoader(fake_data("mnist", n, dev), batch_size, shuffle=True, device=dev)
-    torch.manual_seed(0)
-    model = get_model("lenet_300_100").to(dev)
-    opt, compiled = make_optimizer(model, "adam", 1e-4), torch.compile(model)
+    model, loader, opt = _lenet_job(n, batch_size, dev)
+    compiled = torch.compile(model)
     t0 = time.perf_counter()
     try: fit(compiled, loader, 1, opt, progress=False)  # the first epoch compiles
     except Exception as e:  # e.g. no C++ compiler for the CPU backend: recorded, and the benchmark goes on
@@ -230,11 +230,7 @@ def _sweep(workers: int, epochs: int) -> float:
 
 def bench_threads(n: int = 6_000, batch_size: int = 60, repeat: int = 5) -> Measure:
     "One LeNet-300-100 epoch on all of this process's PyTorch threads against one thread."
-    threads = torch.get_num_threads()
-    loader = BatchLoader(fake_data("mnist", n), batch_size, shuffle=True)
-    torch.manual_seed(0)
-    model = get_model("lenet_300_100")
-    opt = make_optimizer(model, "adam", 1e-4)
+    threads, (model, loader, opt) = torch.get_num_threads(), _lenet_job(n, batch_size)
     def epoch(k: int): torch.set_num_threads(k); fit(model, loader, 1, opt, progress=False)
     try: t = alternate({"one": lambda: epoch(1), "all": lambda: epoch(threads)}, repeat)
     finally: torch.set_num_threads(threads)
