@@ -6,7 +6,6 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
@@ -97,14 +96,9 @@ def assert_resumed_exactly(result: list[RunDir], ref: list[RunDir], victim: RunD
 
 
 def children() -> set[int]:
-    "The pids of this process's child processes (Linux)."
-    me = os.getpid()
-    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == me}
-
-
-def _ppid(proc: Path) -> int | None:
-    try: return int(next(l for l in (proc / "status").read_text().splitlines() if l.startswith("PPid:")).split()[1])
-    except (OSError, StopIteration): return None
+    "The pids of this process's child processes (psutil comes with Dask's distributed, a test requirement)."
+    import psutil
+    return {p.pid for p in psutil.Process().children()}
 
 
 def test_process_pool_worker_lost_mid_run_resumes_in_a_new_pool(tmp_path):
