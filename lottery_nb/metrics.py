@@ -5,13 +5,16 @@
 # %% ../nbs/02_metrics.ipynb #363e7866
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['accuracy', 'BinStats', 'bin_stats', 'ece', 'mce', 'nll', 'brier', 'calibration_report', 'reliability_diagram']
+__all__ = ['T_BOUNDS', 'accuracy', 'BinStats', 'bin_stats', 'ece', 'mce', 'nll', 'brier', 'mean_confidence', 'calibration_gap',
+           'class_accuracy', 'dead_classes', 'calibration_report', 'temperature_report', 'evaluation_report',
+           'scale_temperature', 'fit_temperature', 'cross_fit_temperature', 'reliability_diagram']
 
 # %% ../nbs/02_metrics.ipynb #e137a701
 def _as_inputs(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,11 +78,83 @@ def brier(probs, labels) -> float:
     onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
     return (probs.double() - onehot).pow(2).sum(1).mean().item()
 
+# %% ../nbs/02_metrics.ipynb #57c13b6f
+def mean_confidence(probs) -> float:
+    "Mean over samples of the largest probability."
+    probs = torch.as_tensor(probs)
+    return probs.max(1).values.double().mean().item()
+
+def calibration_gap(probs, labels) -> float:
+    "Mean confidence minus accuracy: negative when the model is underconfident, positive when overconfident."
+    return mean_confidence(probs) - accuracy(probs, labels)
+
+def class_accuracy(probs, labels, num_classes: int | None = None) -> list[float]:
+    "Accuracy on the samples of each class (NaN for a class with no samples); `num_classes` defaults to K."
+    probs, labels = _as_inputs(probs, labels)
+    K = probs.shape[1] if num_classes is None else num_classes
+    right = torch.zeros(K, dtype=torch.float64).index_add_(0, labels, (probs.argmax(1) == labels).double())
+    count = torch.bincount(labels, minlength=K).double()
+    return (right / count).tolist()  # 0/0 -> nan for an absent class
+
+def dead_classes(probs, labels) -> int:
+    "The number of classes present in `labels` that the model never predicts correctly."
+    return sum(a == 0 for a in class_accuracy(probs, labels))
+
 # %% ../nbs/02_metrics.ipynb #e41c5a1f
 def calibration_report(probs, labels, n_bins: int = 15) -> dict[str, float]:
-    "Accuracy, ECE, MCE, NLL and Brier score of `probs` against `labels`, as a dict of floats."
+    "Accuracy, ECE (at `n_bins` and at 10 bins), MCE, NLL, Brier, mean confidence, signed gap and dead classes, as a dict."
     return {"accuracy": accuracy(probs, labels), "ece": ece(probs, labels, n_bins), "mce": mce(probs, labels, n_bins),
-            "nll": nll(probs, labels), "brier": brier(probs, labels)}
+            "nll": nll(probs, labels), "brier": brier(probs, labels), "ece_10": ece(probs, labels, 10),
+            "confidence": mean_confidence(probs), "gap": calibration_gap(probs, labels), "dead_classes": dead_classes(probs, labels)}
+
+def temperature_report(probs, labels, n_bins: int = 15, seed: int = 0) -> dict[str, float]:
+    "ECE, ECE at 10 bins, NLL, Brier and mean confidence after cross-fitted temperature scaling (`ts_` keys), and the temperatures."
+    scaled, (t_a, t_b) = cross_fit_temperature(probs, labels, seed)
+    return {"ts_ece": ece(scaled, labels, n_bins), "ts_ece_10": ece(scaled, labels, 10), "ts_nll": nll(scaled, labels),
+            "ts_brier": brier(scaled, labels), "ts_confidence": mean_confidence(scaled),
+            "temperature": math.sqrt(t_a * t_b), "temperature_a": t_a, "temperature_b": t_b}
+
+def evaluation_report(probs, labels, n_bins: int = 15) -> dict:
+    "What a run records for each evaluated model: `calibration_report`, `temperature_report` and the per-class accuracy."
+    return {**calibration_report(probs, labels, n_bins), **temperature_report(probs, labels, n_bins),
+            "class_accuracy": class_accuracy(probs, labels)}
+
+# %% ../nbs/02_metrics.ipynb #32017b55
+T_BOUNDS = (0.01, 100.0)  # the temperatures fit_temperature may return
+
+def _logits(probs) -> torch.Tensor:
+    "log p in float64 (p clamped at its dtype's smallest normal number): logits up to a constant per sample."
+    probs = torch.as_tensor(probs)
+    if not probs.is_floating_point(): probs = probs.double()
+    return probs.clamp_min(torch.finfo(probs.dtype).tiny).double().log()
+
+def scale_temperature(probs, T: float) -> torch.Tensor:
+    "softmax(log p / T): the probabilities of logits divided by `T`."
+    return torch.softmax(_logits(probs) / T, 1)
+
+def fit_temperature(probs, labels, bounds: tuple[float, float] = T_BOUNDS, iters: int = 100) -> float:
+    "The temperature in `bounds` that minimises the NLL of `scale_temperature(probs, T)` (bisection on the convex NLL in 1/T)."
+    z, labels = _logits(probs), torch.as_tensor(labels).long()
+    z = z - z.max(1, keepdim=True).values  # the same softmax, no overflow at large beta
+    zy = z.gather(1, labels[:, None]).squeeze(1)
+    slope = lambda log_beta: ((torch.softmax(z * math.exp(log_beta), 1) * z).sum(1) - zy).mean().item()  # f'(beta)
+    lo, hi = -math.log(bounds[1]), -math.log(bounds[0])  # log beta
+    if slope(lo) >= 0: return bounds[1]
+    if slope(hi) <= 0: return bounds[0]
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    return math.exp(-(lo + hi) / 2)
+
+def cross_fit_temperature(probs, labels, seed: int = 0) -> tuple[torch.Tensor, tuple[float, float]]:
+    "Two-fold cross-fitted temperature scaling: each half scaled by the temperature fitted on the other half; (probs, (T_A, T_B))."
+    probs, labels = _as_inputs(probs, labels)
+    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    a, b = idx[: len(idx) // 2], idx[len(idx) // 2 :]
+    t_a, t_b = fit_temperature(probs[a], labels[a]), fit_temperature(probs[b], labels[b])
+    out = torch.empty(probs.shape, dtype=torch.float64)
+    out[b], out[a] = scale_temperature(probs[b], t_a), scale_temperature(probs[a], t_b)
+    return out, (t_a, t_b)
 
 # %% ../nbs/02_metrics.ipynb #aea8f2c8
 def reliability_diagram(probs, labels, ax=None, n_bins: int = 15, title: str | None = None):
