@@ -33,7 +33,7 @@ def load_results(*folders) -> pd.DataFrame:
                      "transfer_loss": tr["loss"] if tr else None, "method": sp["method"] if sp else "imp"}
             for m in sorted(run.glob("round_*/metrics.json")):
                 r = json.loads(m.read_text())
-                rows.append({**ident, **{k: v for k, v in r.items() if k != "sparsity"}})
+                rows.append({**ident, **{k: v for k, v in r.items() if k not in ("sparsity", "class_accuracy")}})
     df = pd.DataFrame(rows, columns=None if rows else RESULT_COLUMNS)
     return df.sort_values(["dataset", "strategy", "seed", "round"], ignore_index=True) if rows else df
 

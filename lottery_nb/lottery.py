@@ -25,14 +25,16 @@ import lottery_nb
 from .calibration import Strategy, get_strategy
 from .data import DATASETS, BatchLoader, InMemoryDataset, get_spec, load_in_memory
 from .models import MODELS, get_model, pruning_exclusions
+from .metrics import evaluation_report
 from .pruning import MaskedTraining, full_mask, prune, remaining_percent, rewind, sparsity_report
-from .training import (evaluate, fit, get_device, load_training_state, make_optimizer, make_scheduler,
+from .training import (evaluate, fit, get_device, load_training_state, make_optimizer, make_scheduler, predict,
                                  training_state)
 
 # %% auto #0
-__all__ = ['LENET_PRUNING', 'PRESETS', 'BUDGETS', 'HALF_PRESETS', 'LOCK_FILE', 'METRIC_COLUMNS', 'Preset', 'validate_preset',
-           'get_preset', 'LotteryConfig', 'RunDirError', 'atomic_write', 'save_torch', 'save_json', 'load_torch',
-           'versions', 'RunDir', 'run_data', 'build_model', 'run_lottery', 'use_amp', 'use_channels_last', 'run_status']
+__all__ = ['LENET_PRUNING', 'PRESETS', 'BUDGETS', 'HALF_PRESETS', 'LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'STATUS_METRICS',
+           'Preset', 'validate_preset', 'get_preset', 'LotteryConfig', 'RunDirError', 'atomic_write', 'save_torch',
+           'save_json', 'load_torch', 'versions', 'RunDir', 'run_data', 'build_model', 'run_lottery', 'use_amp',
+           'use_channels_last', 'run_status']
 
 # %% ../nbs/06_lottery.ipynb #ac78749f
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 
 BUDGETS: dict[str, dict[str, dict]] = {
     "paper": {},
+    "standard": {"mnist_lenet": dict(epochs=20, rounds=12), "fashion_mnist_lenet": dict(epochs=20, rounds=12),
+                 "digits_lenet": dict(rounds=12)},  # the rest: as the paper (no convergence measured here)
     "quick": {"mnist_lenet": dict(epochs=3, rounds=10), "fashion_mnist_lenet": dict(epochs=3, rounds=10),
               "cifar10_resnet18": dict(epochs=8, rounds=10), "svhn_vgg19": dict(epochs=6, rounds=10),
               "digits_lenet": dict(epochs=15, rounds=10)},
@@ -275,10 +279,9 @@ def build_model(cfg: LotteryConfig, strategy: Strategy) -> torch.nn.Module:
 # %% ../nbs/06_lottery.ipynb #85ecaeed
 def _round_seed(seed: int, r: int) -> int: return seed * 100_003 + r
 
-def _evaluate_row(model, test_loader, p: Preset, history: list[dict]) -> dict:
-    "Test metrics of the trained model: the last epoch's when they were computed already."
-    last = history[-1] if p.eval_every_epoch and history else {}
-    row = {k: last[k] for k in ("accuracy", "ece", "mce", "nll", "brier")} if "accuracy" in last else evaluate(model, test_loader)
+def _evaluate_row(model, test_loader, p: Preset) -> dict:
+    "Test metrics of the trained model: `evaluation_report` (calibration, diagnostics, temperature scaling), MC dropout if asked for."
+    row = evaluation_report(*predict(model, test_loader))
     if p.eval_mc_passes > 0: row.update({f"mc_{k}": v for k, v in evaluate(model, test_loader, p.eval_mc_passes).items()})
     return row
 
@@ -386,14 +389,12 @@ def _train_round(run, cfg, r, model, strat, train, test_loader, mask, start, dev
             scheduler=scheduler, eval_loader=test_loader if p.eval_every_epoch else None, start_epoch=state["epoch"],
             before_step=getattr(mt, "before_step", None), after_step=after_step, after_epoch=after_epoch, progress=progress,
             desc=f"{cfg.preset.name} {cfg.strategy} seed {cfg.seed} round {r}", amp=amp)
-        final_from_history = state["history"]
-        if hasattr(mt, "finish"):  # e.g. weight averaging: the final model replaces the last iterate,
-            mt.finish(loader); final_from_history = []  # so the last epoch's metrics are not the final model's
+        if hasattr(mt, "finish"): mt.finish(loader)  # e.g. weight averaging: the final model replaces the last iterate
         mask = getattr(mt, "mask", mask)  # a dynamic method's mask at the end of training
     finally: mt.remove()
     if late is not None and not late[0].exists(): save_torch(start["state"], late[0])  # k = 0 or beyond training: θ₀
     metrics = {"round": r, "remaining": remaining_percent(mask, exclude=exclude),
-               "remaining_all": remaining_percent(mask), **_evaluate_row(model, test_loader, p, final_from_history),
+               "remaining_all": remaining_percent(mask), **_evaluate_row(model, test_loader, p),
                "epochs": p.epochs, "seconds": round(time.perf_counter() - t0, 3), "device": dev.type, "amp": amp,
                "channels_last": channels_last,
                **({"resumed_at_epochs": state["resumed"]} if state["resumed"] else {}),
@@ -404,15 +405,19 @@ def _train_round(run, cfg, r, model, strat, train, test_loader, mask, start, dev
     _write_metrics_csv(run)
     if ckpt_file.exists(): ckpt_file.unlink()
 
-METRIC_COLUMNS = ["round", "remaining", "accuracy", "ece", "mce", "nll", "brier"]
+METRIC_COLUMNS = ["round", "remaining", "accuracy", "ece", "mce", "nll", "brier", "confidence", "gap", "dead_classes", "ece_10",
+                  "ts_ece", "ts_nll", "ts_brier", "temperature"]
+NOT_IN_CSV = ("sparsity", "class_accuracy")  # per layer and per class: in metrics.json only
 
 def _write_metrics_csv(run: RunDir):
     rows = run.round_metrics()
-    cols = METRIC_COLUMNS + [k for k in rows[-1] if k not in METRIC_COLUMNS and k != "sparsity"]
+    cols = METRIC_COLUMNS + [k for k in rows[-1] if k not in METRIC_COLUMNS and k not in NOT_IN_CSV]
     text = ",".join(cols) + "\n" + "".join(",".join(str(row.get(c, "")) for c in cols) + "\n" for row in rows)
     atomic_write(run.path / "metrics.csv", lambda f: f.write(text.encode()))
 
 # %% ../nbs/06_lottery.ipynb #0390f29a
+STATUS_METRICS = ("accuracy", "ece", "confidence", "gap", "dead_classes", "ts_ece")  # of the last finished round
+
 def run_status(out_dir) -> list[dict]:
     "One row per run directory under `out_dir`: configuration, rounds done, the round in progress, the latest metrics."
     rows = []
@@ -429,6 +434,6 @@ def run_status(out_dir) -> list[dict]:
             except Exception: row["in progress"] = f"{ck[-1].parent.name} (unreadable checkpoint)"
         if done:
             last = json.loads((run.round_dir(done[-1]) / "metrics.json").read_text())
-            row.update({"% remaining": round(last["remaining"], 2), "accuracy": round(last["accuracy"], 4), "ece": round(last["ece"], 4)})
+            row.update({"% remaining": round(last["remaining"], 2), **{c: round(last[c], 4) for c in STATUS_METRICS if c in last}})
         rows.append(row)
     return rows
