@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['DEFAULT_DROPOUT', 'STRATEGIES', 'DATASET_DEFAULTS', 'kl_uniform', 'mean_logprob', 'stochastic_logits', 'vwcc_loss',
-           'mixup', 'soft_cross_entropy', 'mda_loss', 'lwcc_loss', 'lwcc_si_loss', 'soft_histogram', 'nba_weights',
-           'nba_loss', 'Strategy', 'NoCalibration', 'VWCC', 'Mixup', 'MDA', 'LWCC', 'LWCCSI', 'NBA', 'get_strategy']
+__all__ = ['LWCC_FORMS', 'DEFAULT_DROPOUT', 'STRATEGIES', 'DATASET_DEFAULTS', 'kl_uniform', 'mean_logprob', 'stochastic_logits',
+           'vwcc_loss', 'mixup', 'soft_cross_entropy', 'mda_loss', 'lwcc_loss', 'lwcc_si_loss', 'soft_histogram',
+           'nba_weights', 'nba_loss', 'Strategy', 'NoCalibration', 'VWCC', 'Mixup', 'MDA', 'LWCC', 'LWCCSI', 'NBA',
+           'get_strategy']
 
 # %% ../nbs/03_calibration.ipynb #7e9bd839
 def kl_uniform(logp: torch.Tensor) -> torch.Tensor:
@@ -115,20 +116,23 @@ def mda_loss(logits: torch.Tensor, prior: torch.Tensor | None = None) -> torch.T
     return (prior * (torch.log(prior.clamp_min(1e-30)) - logp_bar)).sum()
 
 # %% ../nbs/03_calibration.ipynb #37ba4807
-def _lwcc_from_logprobs(logp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+LWCC_FORMS = ("convex", "additive")  # (1 - w) CE + w KL (default), or CE + w KL
+
+def _lwcc_from_logprobs(logp: torch.Tensor, y: torch.Tensor, form: str = "convex") -> torch.Tensor:
     with torch.no_grad():
         conf, pred = logp.max(-1)
         w = torch.where(pred == y, 1 - conf.exp(), torch.ones_like(conf))
-    return ((1 - w) * _nll(logp, y) + w * kl_uniform(logp)).mean()
+    ce = _nll(logp, y) if form == "additive" else (1 - w) * _nll(logp, y)
+    return (ce + w * kl_uniform(logp)).mean()
 
-def lwcc_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    "LWCC loss from logits (N, K) and labels (N,)."
-    return _lwcc_from_logprobs(F.log_softmax(logits, -1), y)
+def lwcc_loss(logits: torch.Tensor, y: torch.Tensor, form: str = "convex") -> torch.Tensor:
+    "LWCC loss from logits (N, K) and labels (N,); `form` 'convex' (the default reading) or 'additive'."
+    return _lwcc_from_logprobs(F.log_softmax(logits, -1), y, form)
 
 # %% ../nbs/03_calibration.ipynb #5c7cb68d
-def lwcc_si_loss(logits_T: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    "LWCC on the mean softmax of T stochastic passes, from logits (T, N, K) and labels (N,)."
-    return _lwcc_from_logprobs(mean_logprob(logits_T), y)
+def lwcc_si_loss(logits_T: torch.Tensor, y: torch.Tensor, form: str = "convex") -> torch.Tensor:
+    "LWCC on the mean softmax of T stochastic passes, from logits (T, N, K) and labels (N,); `form` as for `lwcc_loss`."
+    return _lwcc_from_logprobs(mean_logprob(logits_T), y, form)
 
 # %% ../nbs/03_calibration.ipynb #54aa9f7c
 def soft_histogram(conf: torch.Tensor, n_bins: int = 15, bandwidth: float | None = None) -> torch.Tensor:
@@ -189,6 +193,9 @@ class Strategy:
 def _check_T(T: int):
     if not (isinstance(T, int) and T >= 1): raise ValueError(f"T (number of stochastic passes) must be an integer >= 1, got {T!r}")
 
+def _check_form(form: str):
+    if form not in LWCC_FORMS: raise ValueError(f"unknown LWCC form {form!r}; choose one of: {', '.join(LWCC_FORMS)}")
+
 def _check_nonneg(name: str, v: float):
     if not v >= 0: raise ValueError(f"{name} must be >= 0, got {v!r}")
 
@@ -233,7 +240,9 @@ class MDA(Strategy):
 class LWCC(Strategy):
     "Likelihood-weighted confidence calibration (the paper's proposal)."
     name: ClassVar[str] = "lwcc"
-    def loss(self, model, x, y): return lwcc_loss(model(x), y)
+    form: str = "convex"  # 'convex': (1-w) CE + w KL(U||p), our reading of eq. 5; 'additive': CE + w KL(U||p)
+    def validate(self): _check_form(self.form)
+    def loss(self, model, x, y): return lwcc_loss(model(x), y, self.form)
 
 @dataclass(repr=False)
 class LWCCSI(Strategy):
@@ -241,8 +250,9 @@ class LWCCSI(Strategy):
     name: ClassVar[str] = "lwcc_si"
     stochastic: ClassVar[bool] = True
     T: int = 5  # stochastic passes (as VWCC)
-    def validate(self): _check_T(self.T)
-    def loss(self, model, x, y): return lwcc_si_loss(stochastic_logits(model, x, self.T), y)
+    form: str = "convex"  # as for LWCC
+    def validate(self): _check_T(self.T); _check_form(self.form)
+    def loss(self, model, x, y): return lwcc_si_loss(stochastic_logits(model, x, self.T), y, self.form)
 
 @dataclass(repr=False)
 class NBA(Strategy):

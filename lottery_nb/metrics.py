@@ -98,7 +98,7 @@ def class_accuracy(probs, labels, num_classes: int | None = None) -> list[float]
 
 def dead_classes(probs, labels) -> int:
     "The number of classes present in `labels` that the model never predicts correctly."
-    return sum(a == 0 for a in class_accuracy(probs, labels))
+    return int(sum(a == 0 for a in class_accuracy(probs, labels)))
 
 # %% ../nbs/02_metrics.ipynb #e41c5a1f
 def calibration_report(probs, labels, n_bins: int = 15) -> dict[str, float]:

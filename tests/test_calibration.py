@@ -37,12 +37,13 @@ def ref_vwcc(logits_T, y):
     return total / N
 
 
-def ref_lwcc_on_probs(P, y):
+def ref_lwcc_on_probs(P, y, form="convex"):
     total = 0.0
     for p, yi in zip(P, y):
         pred = max(range(len(p)), key=p.__getitem__)
         w = 1.0 if pred != yi else 1 - max(p)
-        total += (1 - w) * -math.log(p[yi]) + w * ref_kl_u(p)
+        ce_weight = 1.0 if form == "additive" else 1 - w
+        total += ce_weight * -math.log(p[yi]) + w * ref_kl_u(p)
     return total / len(P)
 
 
@@ -96,6 +97,33 @@ def test_lwcc_si_is_lwcc_on_the_mean_softmax(batch):
     pbar = torch.softmax(zT, -1).mean(0).tolist()
     assert lwcc_si_loss(zT, y).item() == pytest.approx(ref_lwcc_on_probs(pbar, y.tolist()), rel=1e-9)
     assert lwcc_si_loss(zT[0].expand(5, -1, -1), y).item() == pytest.approx(lwcc_loss(zT[0], y).item(), rel=1e-9)
+
+
+def test_lwcc_additive_reading_against_the_reference(batch):
+    zT, y = batch
+    assert lwcc_loss(zT[0], y, "additive").item() == pytest.approx(ref_lwcc_on_probs(torch.softmax(zT[0], -1).tolist(), y.tolist(), "additive"), rel=1e-9)
+    pbar = torch.softmax(zT, -1).mean(0).tolist()
+    assert lwcc_si_loss(zT, y, "additive").item() == pytest.approx(ref_lwcc_on_probs(pbar, y.tolist(), "additive"), rel=1e-9)
+    assert get_strategy("lwcc", form="additive").form == "additive" and get_strategy("lwcc_si").form == "convex"
+    with pytest.raises(ValueError, match="LWCC form"): get_strategy("lwcc", form="mixture")
+    model = get_model("lenet_300_100", input_shape=(1, 4, 4), dropout=0.3)
+    x = torch.randn(12, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    for name in ("lwcc", "lwcc_si"):  # the strategies use the form they were given
+        torch.manual_seed(0); a = get_strategy(name, form="additive")(model, x, y)
+        torch.manual_seed(0); c = get_strategy(name)(model, x, y)
+        assert a.item() > c.item()  # additive adds CE on the samples the convex form gives (1 - w) < 1 of it
+
+
+def test_convex_lwcc_gives_a_wrong_sample_no_pull_towards_its_label():
+    "The dead-class mechanism: d KL(U||p)/dz = p - 1/K whatever the label; the additive reading pulls the label up."
+    z = torch.tensor([[0.3, 2.5, -0.7, 0.1, 1.0]], requires_grad=True)  # predicts class 1
+    p = torch.softmax(z.detach(), -1)[0]
+    for label in (0, 2, 3, 4):
+        g_convex, = torch.autograd.grad(lwcc_loss(z, torch.tensor([label])), z)
+        g_additive, = torch.autograd.grad(lwcc_loss(z, torch.tensor([label]), "additive"), z)
+        assert torch.allclose(g_convex[0], p - 1 / 5, atol=1e-12)
+        onehot = F.one_hot(torch.tensor(label), 5).double()
+        assert torch.allclose(g_additive[0], (p - onehot) + (p - 1 / 5), atol=1e-12)
 
 
 def test_mda():

@@ -3,11 +3,12 @@ the paper presets, and the `run`/`status` command line."""
 import json
 import signal
 
+import pandas as pd
 import pytest
 import torch
 
 from helpers import background_cli, cli, wait_until
-from lottery_nb.lottery import (PRESETS, RunDir, RunDirError, get_preset, run_lottery, run_status)
+from lottery_nb.lottery import (PRESETS, LotteryConfig, RunDir, RunDirError, get_preset, run_lottery, run_status)
 
 SMOKE = dict(budget="smoke", progress=False)
 
@@ -38,6 +39,27 @@ def test_run_directory_contents(tmp_path):
     assert [x["round"] for x in m] == [0, 1, 2]
     assert m[0]["remaining"] == 100.0 and m[1]["remaining"] < 81 and m[2]["remaining"] < 65
     for x in m: assert {"accuracy", "ece", "mce", "nll", "brier", "sparsity"} <= set(x)
+    # the diagnostics of issue 15, recomputed from the round's saved weights on the test set
+    from lottery_nb.data import BatchLoader
+    from lottery_nb.lottery import build_model, run_data
+    from lottery_nb.calibration import get_strategy
+    from lottery_nb.training import predict
+    from torchmetrics.functional.classification import multiclass_calibration_error
+    cfg_obj = LotteryConfig.from_dict(cfg["config"])
+    model = build_model(cfg_obj, get_strategy("none"))
+    model.load_state_dict(torch.load(run.round_dir(2) / "final.pt"))
+    probs, labels = predict(model, BatchLoader(run_data(cfg_obj.preset)[1], 500))
+    conf = probs.max(1).values.double()
+    correct = probs.argmax(1) == labels
+    assert m[2]["confidence"] == pytest.approx(conf.mean().item(), abs=1e-9)
+    assert m[2]["gap"] == pytest.approx(conf.mean().item() - correct.double().mean().item(), abs=1e-9)
+    assert m[2]["ece_10"] == pytest.approx(multiclass_calibration_error(probs, labels, 10, n_bins=10).item(), abs=1e-6)
+    per_class = [correct[labels == k].double().mean().item() for k in range(10)]
+    assert m[2]["class_accuracy"] == pytest.approx(per_class) and m[2]["dead_classes"] == sum(a == 0 for a in per_class)
+    assert 0.01 <= m[2]["temperature"] <= 100 and m[2]["ts_nll"] > 0 and "ts_ece" in m[2]
+    csv = pd.read_csv(run.path / "metrics.csv")
+    assert {"confidence", "gap", "dead_classes", "ece_10", "ts_ece", "temperature"} <= set(csv.columns) and "class_accuracy" not in csv
+    assert csv.loc[2, "ts_ece"] == pytest.approx(m[2]["ts_ece"])
     assert not list(tmp_path.rglob("*.tmp-*")) and not list(tmp_path.rglob("checkpoint.pt"))
     # the final weights honour the mask; round 1 started from the initial values of the survivors
     mask1 = torch.load(run.round_dir(1) / "mask.pt")
@@ -157,6 +179,7 @@ def test_status(tmp_path):
     assert rows["none"]["rounds done"] == 2 and rows["lwcc"]["rounds done"] == 1
     r = cli("status", str(tmp_path))
     assert r.returncode == 0 and "digits_lenet-lwcc" in r.stdout and "rounds done" in r.stdout
+    assert {"confidence", "gap", "dead_classes", "ts_ece"} <= set(rows["lwcc"]) and "dead_classes" in r.stdout
     assert cli("status", str(tmp_path / "nope")).returncode == 2
 
 

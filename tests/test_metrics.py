@@ -94,8 +94,9 @@ def test_accuracy_and_report():
     probs, labels = random_probs(0, 400, 10)
     assert accuracy(probs, labels) == pytest.approx((probs.argmax(1) == labels).float().mean().item())
     r = calibration_report(probs, labels)
-    assert set(r) == {"accuracy", "ece", "mce", "nll", "brier"}
-    assert r["ece"] == ece(probs, labels) and all(isinstance(v, float) for v in r.values())
+    assert set(r) == {"accuracy", "ece", "mce", "nll", "brier", "ece_10", "confidence", "gap", "dead_classes"}
+    assert r["ece"] == ece(probs, labels) and all(isinstance(v, float) for k, v in r.items() if k != "dead_classes")
+    assert isinstance(r["dead_classes"], int)
     # arrays work too
     assert calibration_report(probs.numpy(), labels.numpy()) == pytest.approx(r)
 
@@ -117,3 +118,105 @@ def test_reliability_diagram_draws_the_bins(tmp_path):
     assert [b.get_x() for b in acc_bars] == pytest.approx(s.edges[:-1][filled].tolist())
     ax.figure.savefig(tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+# --- diagnostics (issue 15): against independent computations -------------------------------------------------
+
+from lottery_nb.metrics import (calibration_gap, class_accuracy, cross_fit_temperature, dead_classes, evaluation_report,
+                                fit_temperature, mean_confidence, scale_temperature, temperature_report)
+
+
+@pytest.mark.parametrize("seed,n,k", [(0, 1000, 10), (1, 37, 3), (2, 5000, 100)])
+def test_ece_at_10_bins_and_mean_confidence_match_independent_computations(seed, n, k):
+    probs, labels = random_probs(seed, n, k)
+    report = calibration_report(probs, labels)
+    assert report["ece_10"] == pytest.approx(tm(probs, labels, 10, "l1"), abs=1e-6)
+    assert report["ece"] == pytest.approx(tm(probs, labels, 15, "l1"), abs=1e-6)
+    conf = np.max(probs.numpy().astype(np.float64), axis=1)
+    acc = np.mean(np.argmax(probs.numpy(), 1) == labels.numpy())
+    assert report["confidence"] == pytest.approx(conf.mean(), abs=1e-9) == mean_confidence(probs)
+    assert report["gap"] == pytest.approx(conf.mean() - acc, abs=1e-9)
+
+
+def test_signed_gap_tells_under_from_overconfidence():
+    probs, labels = random_probs(0, 20_000, 10)
+    labels = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(1)).squeeze(1)  # calibrated by construction
+    logits = probs.log()
+    assert abs(calibration_gap(probs, labels)) < 0.01
+    assert calibration_gap(torch.softmax(2 * logits, 1), labels) > 0.05      # sharper: overconfident
+    assert calibration_gap(torch.softmax(logits / 2, 1), labels) < -0.05     # flatter: underconfident
+
+
+def test_class_accuracy_and_dead_classes_match_sklearn_confusion_matrix():
+    from sklearn.metrics import confusion_matrix
+    probs, labels = random_probs(3, 500, 6)
+    probs[:, 4] = 0  # class 4 is never predicted: dead
+    cm = confusion_matrix(labels.numpy(), probs.argmax(1).numpy(), labels=range(6))
+    expected = np.diag(cm) / cm.sum(1)
+    assert np.allclose(class_accuracy(probs, labels), expected)
+    assert dead_classes(probs, labels) == int(((np.diag(cm) == 0) & (cm.sum(1) > 0)).sum()) >= 1
+    # a class absent from the labels is NaN and not counted as dead
+    absent = labels.clone(); absent[absent == 5] = 0
+    assert np.isnan(class_accuracy(probs, absent)[5]) and dead_classes(probs, absent) == dead_classes(probs, labels) - (expected[5] == 0)
+
+
+def nll_at(logits, labels, T):
+    return F.cross_entropy(torch.as_tensor(logits, dtype=torch.float64) / T, labels).item()
+
+
+def grid_search_temperature(logits, labels, lo=0.05, hi=20.0):
+    "The NLL-minimising temperature by brute force: a coarse log grid, then a fine one (step 0.02%) around its best point."
+    coarse = np.exp(np.linspace(np.log(lo), np.log(hi), 121))
+    i = int(np.argmin([nll_at(logits, labels, T) for T in coarse]))
+    fine = np.exp(np.linspace(np.log(coarse[max(i - 1, 0)]), np.log(coarse[min(i + 1, 120)]), 501))
+    nlls = [nll_at(logits, labels, T) for T in fine]
+    return fine[int(np.argmin(nlls))], min(nlls)
+
+
+@pytest.mark.parametrize("true_T", [0.5, 1.0, 2.5])
+def test_fit_temperature_matches_a_fine_grid_search_on_logits_with_a_known_best_temperature(true_T):
+    g = torch.Generator().manual_seed(7)
+    base = 3 * torch.randn(10_000, 10, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(base, 1), 1, generator=g).squeeze(1)  # calibrated at T = 1 on `base`
+    logits = base * true_T  # so the best temperature for these logits is close to true_T
+    best, best_nll = grid_search_temperature(logits, labels)
+    fitted = fit_temperature(torch.softmax(logits, 1), labels)
+    assert fitted == pytest.approx(best, rel=1e-3)
+    assert fitted == pytest.approx(true_T, rel=0.05)
+    assert nll_at(logits, labels, fitted) <= best_nll + 1e-9
+
+
+def test_fit_temperature_from_float32_probabilities_and_at_its_bounds():
+    g = torch.Generator().manual_seed(4)
+    base = 3 * torch.randn(5000, 10, generator=g)
+    labels = torch.multinomial(torch.softmax(base, 1), 1, generator=g).squeeze(1)
+    probs = torch.softmax(2 * base, 1)  # float32, overconfident: best T near 2
+    best, _ = grid_search_temperature(probs.double().clamp_min(torch.finfo(torch.float32).tiny).log(), labels)
+    assert fit_temperature(probs, labels) == pytest.approx(best, rel=1e-3) and 1.8 < best < 2.2
+    separable = torch.softmax(torch.eye(4) * 5, 1)  # every sample right: sharpening always lowers the NLL
+    assert fit_temperature(separable, torch.arange(4)) == 0.01
+    assert fit_temperature(torch.softmax(torch.eye(4) * 5, 1), torch.tensor([1, 2, 3, 0])) == 100.0  # every sample wrong
+
+
+def test_cross_fitting_never_scales_a_sample_by_a_temperature_fitted_on_it():
+    probs, labels = random_probs(5, 2001, 10)
+    scaled, (t_a, t_b) = cross_fit_temperature(probs, labels, seed=3)
+    idx = torch.randperm(2001, generator=torch.Generator().manual_seed(3))
+    a, b = idx[:1000], idx[1000:]
+    assert t_a == pytest.approx(fit_temperature(probs[a], labels[a])) and t_b == pytest.approx(fit_temperature(probs[b], labels[b]))
+    assert torch.allclose(scaled[b], scale_temperature(probs[b], t_a)) and torch.allclose(scaled[a], scale_temperature(probs[a], t_b))
+    assert torch.equal(scaled.argmax(1), probs.argmax(1))  # accuracy unchanged
+    r = temperature_report(probs, labels, seed=3)
+    assert r["temperature"] == pytest.approx((t_a * t_b) ** 0.5)
+    assert r["ts_ece"] == pytest.approx(ece(scaled, labels)) and r["ts_nll"] == pytest.approx(nll(scaled, labels))
+    # an overconfident model: scaling lowers its ECE and NLL on held-out halves
+    over = torch.softmax(probs.log() * 3, 1)
+    before, after = calibration_report(over, labels), temperature_report(over, labels)
+    assert after["ts_nll"] < before["nll"] and after["ts_ece"] < before["ece"] and after["temperature"] > 1.5
+
+
+def test_evaluation_report_holds_everything_a_round_records():
+    probs, labels = random_probs(6, 400, 10)
+    r = evaluation_report(probs, labels)
+    assert set(calibration_report(probs, labels)) <= set(r) and set(temperature_report(probs, labels)) <= set(r)
+    assert len(r["class_accuracy"]) == 10 and r["dead_classes"] == sum(a == 0 for a in r["class_accuracy"])
