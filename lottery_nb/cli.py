@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", required=True, choices=list(PRESETS), metavar="NAME", help="one of: " + ", ".join(PRESETS))
     r.add_argument("--strategy", default="none", choices=list(STRATEGIES), metavar="NAME", help="calibration strategy (default none); one of: " + ", ".join(STRATEGIES))
     r.add_argument("--rounds", type=int, default=None, help="pruning rounds after the dense round 0 (default: the budget's)")
-    r.add_argument("--budget", default="paper", choices=list(BUDGETS), help="paper (exactly the paper), quick, or smoke (default paper)")
+    r.add_argument("--budget", default="paper", choices=list(BUDGETS), help="paper (exactly the paper), standard (fewer epochs where that changes little; see the lottery chapter), quick, or smoke (default paper)")
     r.add_argument("--out", default="runs", help="folder of the run directories (default: runs)")
     r.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a preset field (JSON value), or strategy.NAME=VALUE; repeatable")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", required=True, choices=list(PRESETS), metavar="NAME", help="one of: " + ", ".join(PRESETS))
     sp.add_argument("--method", required=True, choices=["rigl", "cigl"])
     sp.add_argument("--sparsity", required=True, type=float, help="fraction of zero weights, in (0, 1), e.g. 0.9")
-    sp.add_argument("--budget", default="quick", choices=list(BUDGETS), help="paper, quick or smoke (default quick)")
+    sp.add_argument("--budget", default="quick", choices=list(BUDGETS), help="paper, standard, quick or smoke (default quick)")
     sp.add_argument("--out", default="sparse", help="folder of the run directories (default: sparse)")
     sp.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a preset field or one of: " + ", ".join(SPARSE_FIELDS))
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="the papers' grid (datasets x strategies x seeds) with figures, results.csv and summary.md; resumes",
                         description="Runs the experiment notebooks with papermill: one lottery grid per dataset (finished runs are skipped, "
                                     "interrupted ones resumed), then the figures (Figs. 5, 12, 16, 20), a results CSV and a markdown summary.")
-    rp.add_argument("--budget", default="quick", choices=list(BUDGETS), help="paper, quick or smoke (default quick)")
+    rp.add_argument("--budget", default="quick", choices=list(BUDGETS), help="paper, standard, quick or smoke (default quick)")
     rp.add_argument("--datasets", nargs="+", default=["digits"], metavar="NAME", help="datasets (default digits); from: " + ", ".join(DATASET_PRESETS))
     rp.add_argument("--strategies", default="all", help="comma-separated strategies, or all (default)")
     rp.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default 0)")

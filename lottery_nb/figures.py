@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['RESULT_COLUMNS', 'STRATEGY_STYLE', 'METRIC_LABELS', 'DATASET_LABELS', 'FIGURES', 'FIGURE_TITLES', 'load_results',
-           'style', 'plot_metric', 'synthetic_results', 'metric_grid', 'transfer_view', 'transfer_figure',
-           'sparse_view', 'sparse_figure', 'paper_figures', 'summary_table', 'to_markdown']
+__all__ = ['RESULT_COLUMNS', 'STRATEGY_STYLE', 'METRIC_LABELS', 'DATASET_LABELS', 'FIGURES', 'FIGURE_TITLES', 'TS_METRICS',
+           'load_results', 'style', 't_interval', 'strategy_order', 'off_scale', 'plot_metric', 'synthetic_results',
+           'metric_grid', 'transfer_view', 'transfer_figure', 'sparse_view', 'sparse_figure', 'paper_figures',
+           'summary_table', 'to_markdown', 'with_temperature_scaled', 'paired_differences', 'verdict', 'verdict_over',
+           'claim_table', 'reliability_rows', 'bins_from_rows']
 
 # %% ../nbs/09_figures.ipynb #27161d6d
 RESULT_COLUMNS = ["dataset", "preset", "model", "strategy", "seed", "round", "remaining", "accuracy", "ece", "mce", "nll", "brier"]
@@ -40,6 +42,7 @@ def load_results(*folders) -> pd.DataFrame:
 # %% ../nbs/09_figures.ipynb #809df93d
 STRATEGY_STYLE: dict[str, dict] = {
     "none": dict(label="LTH (no calibration)", color="black"),
+    "none_ts": dict(label="LTH + temperature scaling", color="0.55"),
     "vwcc": dict(label="VWCC", color="#1f77b4"),
     "mixup": dict(label="Mixup", color="#ff7f0e"),
     "mda": dict(label="MDA", color="#2ca02c"),
@@ -60,25 +63,60 @@ def style(strategy: str) -> dict:
     return STRATEGY_STYLE.get(strategy, dict(label=strategy, color="0.5"))
 
 # %% ../nbs/09_figures.ipynb #97f671e8
-def plot_metric(df: pd.DataFrame, metric: str, ax=None, title: str | None = None, legend: bool = True):
-    "Mean over seeds (line) and min–max band of `metric` per strategy against % weights remaining (log axis)."
+def t_interval(values, level: float = 0.95) -> tuple[float, float]:
+    "Student-t confidence interval of the mean of `values` (the mean itself for a single value)."
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2: return float(v.mean()), float(v.mean())
+    from scipy import stats
+    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean() - half), float(v.mean() + half)
+
+def strategy_order(df: pd.DataFrame) -> list[str]:
+    "The strategies of `df` in `STRATEGY_STYLE` order, then any others alphabetically."
+    return [s for s in STRATEGY_STYLE if s in set(df.strategy)] + sorted(set(df.strategy) - set(STRATEGY_STYLE))
+
+def off_scale(curves: dict[str, np.ndarray], k: float = 8.0) -> set[str]:
+    "The strategies whose median lies more than `k` median absolute deviations from the median strategy (with >= 4 strategies)."
+    if len(curves) < 4: return set()
+    med = {s: float(np.median(c)) for s, c in curves.items()}
+    centre = float(np.median(list(med.values())))
+    mad = float(np.median([abs(m - centre) for m in med.values()]))
+    mad = max(mad, 1e-3 * abs(centre), 1e-12)
+    return {s for s, m in med.items() if abs(m - centre) > k * mad}
+
+def plot_metric(df: pd.DataFrame, metric: str, ax=None, title: str | None = None, legend: bool = True, focus: bool = True):
+    "Mean over seeds (seaborn line, 95% t-interval band) of `metric` per strategy against % weights remaining (log axis)."
     import matplotlib.pyplot as plt
+    import seaborn as sns
     if ax is None: _, ax = plt.subplots(figsize=(5, 3.6))
-    order = [s for s in STRATEGY_STYLE if s in set(df.strategy)] + sorted(set(df.strategy) - set(STRATEGY_STYLE))
-    for s in order:
-        g = df[df.strategy == s].groupby("round").agg(remaining=("remaining", "mean"), mean=(metric, "mean"),
-                                                      lo=(metric, "min"), hi=(metric, "max"), n=(metric, "size"))
+    d = df.assign(_x=df.groupby("round").remaining.transform("mean"))
+    order = strategy_order(d)
+    curves = {s: d[d.strategy == s].groupby("_x")[metric].mean().to_numpy() for s in order}
+    hidden = off_scale(curves) if focus else set()
+    for s in sorted(order, key=lambda s: s == "none"):  # LTH last: on top
         st = style(s)
-        ax.plot(g.remaining, g["mean"], marker="o", ms=3, lw=1.6, color=st["color"], label=st["label"])
-        if (g.n > 1).any(): ax.fill_between(g.remaining, g.lo, g.hi, color=st["color"], alpha=0.15, lw=0)
+        sns.lineplot(d[d.strategy == s], x="_x", y=metric, errorbar=t_interval, color=st["color"], label=st["label"], ax=ax,
+                     marker="o", markersize=3.5, linewidth=2.6 if s == "none" else 1.5, zorder=5 if s == "none" else 3,
+                     linestyle="--" if s == "none_ts" else "-", legend=False)
+    if hidden:
+        shown = np.concatenate([curves[s] for s in order if s not in hidden])
+        lo, hi = shown.min(), shown.max()
+        pad = 0.12 * (hi - lo or abs(hi) or 1)
+        ax.set_ylim(lo - pad, hi + pad)
+        for i, s in enumerate(sorted(hidden, key=order.index)):
+            below = np.median(curves[s]) < lo
+            y = 0.03 + 0.09 * i if below else 0.97 - 0.09 * i
+            ax.annotate(f"{'↓' if below else '↑'} {style(s)['label']}: {curves[s].min():.3g}–{curves[s].max():.3g}", (0.5, y),
+                        xycoords="axes fraction", ha="center", va="bottom" if below else "top", fontsize="small",
+                        color=style(s)["color"], bbox=dict(boxstyle="round", fc="white", ec=style(s)["color"], alpha=0.9))
     ax.set_xscale("log")
-    ax.invert_xaxis()
-    levels = np.sort(df.groupby("round").remaining.mean().to_numpy())[::-1]  # one tick per round, thinned to <= 7
+    levels = np.sort(d.groupby("round")._x.mean().to_numpy())[::-1]  # one tick per round, thinned to <= 7
     ticks = levels[:: max(1, -(-len(levels) // 7))]
+    ax.set_xlim(levels.max() * 1.12, levels.min() / 1.12)  # dense on the left
     ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks]); ax.minorticks_off()
     ax.set(xlabel="% weights remaining (log scale)", ylabel=METRIC_LABELS.get(metric, metric), title=title or "")
     ax.grid(alpha=0.3)
-    if legend: ax.legend(fontsize="small")
+    if legend: ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return ax
 
 # %% ../nbs/09_figures.ipynb #5650eb38
@@ -117,13 +155,17 @@ def metric_grid(df: pd.DataFrame, datasets: Iterable[str], metrics: Iterable[str
     for i, d in enumerate(datasets):
         for j, m in enumerate(metrics):
             ax = axs[0, i] if single else axs[i, j]
-            plot_metric(df[df.dataset == d], m, ax, title=DATASET_LABELS.get(d, d), legend=False)
+            plot_metric(df[df.dataset == d], m, ax, legend=False)
+            if single or j == 0: ax.set_title(DATASET_LABELS.get(d, d), loc="left")  # once per row
     handles, labels = axs.flat[0].get_legend_handles_labels()
     for ax in axs.flat[1:]:
         for h, l in zip(*ax.get_legend_handles_labels()):
             if l not in labels: handles.append(h); labels.append(l)
+    rank = {style(s)["label"]: i for i, s in enumerate(strategy_order(df))}  # legend in strategy order, LTH first
+    handles, labels = zip(*sorted(zip(handles, labels), key=lambda hl: rank.get(hl[1], len(rank)))) if labels else ([], [])
     n_seeds = df.groupby(["dataset", "strategy"]).seed.nunique().max()
-    fig.suptitle(f"{title}\n(line: mean over {n_seeds} seed{'s' if n_seeds > 1 else ''}; band: min to max)" if title else "")
+    band = "; band: 95% interval of the mean" if n_seeds > 1 else ""
+    fig.suptitle(f"{title}\n(line: mean over {n_seeds} seed{'s' if n_seeds > 1 else ''}{band})" if title else "")
     fig.tight_layout()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return fig
@@ -190,3 +232,75 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
+
+# %% ../nbs/09_figures.ipynb #e354f6d6
+TS_METRICS = ("ece", "ece_10", "nll", "brier", "confidence")  # replaced by their ts_ values in `none_ts`
+
+def with_temperature_scaled(df: pd.DataFrame, baseline: str = "none", name: str = "none_ts") -> pd.DataFrame:
+    "`df` plus the rows of `baseline` with their temperature-scaled metrics, as strategy `name`."
+    if "ts_ece" not in df or not (df.strategy == baseline).any(): return df
+    ts = df[df.strategy == baseline].copy()
+    ts["strategy"] = name
+    for m in TS_METRICS:
+        if f"ts_{m}" in ts: ts[m] = ts[f"ts_{m}"]
+    if "confidence" in ts: ts["gap"] = ts["confidence"] - ts["accuracy"]
+    return pd.concat([df, ts], ignore_index=True)
+
+# %% ../nbs/09_figures.ipynb #1301167b
+def paired_differences(df: pd.DataFrame, metric: str, baseline: str = "none", level: float = 0.95) -> pd.DataFrame:
+    "Per dataset, strategy and round: mean over seeds of (strategy − `baseline`) at the same seed, with its t-interval."
+    from scipy import stats
+    keys = ["dataset", "round", "seed"]
+    base = df[df.strategy == baseline][keys + [metric]].rename(columns={metric: "base"})
+    pairs = df[df.strategy != baseline].merge(base, on=keys)
+    pairs["diff"] = pairs[metric] - pairs["base"]
+    g = pairs.groupby(["dataset", "strategy", "round"])
+    out = g.agg(remaining=("remaining", "mean"), n=("diff", "size"), diff=("diff", "mean"), sd=("diff", "std")).reset_index()
+    half = stats.t.ppf(0.5 + level / 2, (out.n - 1).clip(lower=1)) * out.sd / np.sqrt(out.n)
+    out["lo"], out["hi"] = out["diff"] - half.where(out.n > 1, np.inf), out["diff"] + half.where(out.n > 1, np.inf)
+    return out.drop(columns="sd")
+
+def verdict(lo: float, hi: float, better: str) -> str:
+    "'holds' if the interval [lo, hi] lies on the `better` ('lower' or 'higher') side of zero, 'does not hold' if on the other, else 'inconclusive'."
+    if better not in ("lower", "higher"): raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
+    good, bad = (hi < 0, lo > 0) if better == "lower" else (lo > 0, hi < 0)
+    return "holds" if good else "does not hold" if bad else "inconclusive"
+
+def verdict_over(verdicts) -> str:
+    "One verdict for several rounds: holds in more than half and fails in none, the reverse, or inconclusive."
+    v = list(verdicts); n_hold, n_fail = v.count("holds"), v.count("does not hold")
+    if n_hold > len(v) / 2 and n_fail == 0: return "holds"
+    if n_fail > len(v) / 2 and n_hold == 0: return "does not hold"
+    return "inconclusive"
+
+def claim_table(df: pd.DataFrame, metric: str, better: str, rounds=None, baseline: str = "none", strategies=None) -> pd.DataFrame:
+    "Per dataset and strategy: the paired difference to `baseline` averaged over `rounds`, the verdict of each round, and one verdict."
+    d = paired_differences(df, metric, baseline)
+    if rounds is not None: d = d[d["round"].isin(list(rounds))]
+    if strategies is not None: d = d[d.strategy.isin(list(strategies))]
+    d["verdict"] = [verdict(lo, hi, better) for lo, hi in zip(d.lo, d.hi)]
+    rows = []
+    for (ds, s), g in d.groupby(["dataset", "strategy"], sort=False):
+        rows.append({"dataset": ds, "strategy": s, "seeds": int(g.n.min()), "rounds": len(g), f"mean Δ{metric}": g["diff"].mean(),
+                     "holds": (g.verdict == "holds").sum(), "does not hold": (g.verdict == "does not hold").sum(),
+                     "inconclusive": (g.verdict == "inconclusive").sum(), "verdict": verdict_over(g.verdict)})
+    order = {s: i for i, s in enumerate(STRATEGY_STYLE)}
+    out = pd.DataFrame(rows)
+    return out.sort_values(["dataset", "strategy"], key=lambda c: c.map(order) if c.name == "strategy" else c, ignore_index=True) if rows else out
+
+# %% ../nbs/09_figures.ipynb #e2a34ea2
+def reliability_rows(probs, labels, n_bins: int = 15, **ident) -> list[dict]:
+    "The bins of the reliability diagram of `probs` as rows (bin, lower edge, count, accuracy, confidence), tagged with `ident`."
+    from lottery_nb.metrics import bin_stats
+    s = bin_stats(probs, labels, n_bins)
+    return [{**ident, "bin": m, "lower": float(s.edges[m]), "count": float(s.counts[m]), "accuracy": float(s.accuracy[m]),
+             "confidence": float(s.confidence[m])} for m in range(n_bins)]
+
+def bins_from_rows(rows: pd.DataFrame):
+    "The `BinStats` of rows made by `reliability_rows` (one diagram's rows, in bin order)."
+    import torch
+    from lottery_nb.metrics import BinStats
+    rows = rows.sort_values("bin")
+    n = len(rows)
+    return BinStats(torch.linspace(0, 1, n + 1, dtype=torch.float64), *(torch.tensor(rows[c].to_numpy(), dtype=torch.float64)
+                                                                         for c in ("count", "accuracy", "confidence")))

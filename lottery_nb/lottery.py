@@ -32,9 +32,9 @@ from .training import (evaluate, fit, get_device, load_training_state, make_opti
 
 # %% auto #0
 __all__ = ['LENET_PRUNING', 'PRESETS', 'BUDGETS', 'HALF_PRESETS', 'LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'STATUS_METRICS',
-           'Preset', 'validate_preset', 'get_preset', 'LotteryConfig', 'RunDirError', 'atomic_write', 'save_torch',
-           'save_json', 'load_torch', 'versions', 'RunDir', 'run_data', 'build_model', 'run_lottery', 'use_amp',
-           'use_channels_last', 'run_status']
+           'CONVERGENCE_COLUMNS', 'Preset', 'validate_preset', 'get_preset', 'LotteryConfig', 'RunDirError',
+           'atomic_write', 'save_torch', 'save_json', 'load_torch', 'versions', 'RunDir', 'run_data', 'build_model',
+           'run_lottery', 'use_amp', 'use_channels_last', 'round_model', 'run_status', 'convergence_table']
 
 # %% ../nbs/06_lottery.ipynb #ac78749f
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ for _name, (_parent, _half) in HALF_PRESETS.items():
         if _parent in _b: _b[_name] = dict(_b[_parent])
 
 def get_preset(name: str, budget: str = "paper", **overrides) -> Preset:
-    "The preset `name` at `budget` ('paper', 'quick', 'smoke'), with fields overridden by `overrides`."
+    "The preset `name` at `budget` ('paper', 'standard', 'quick', 'smoke'), with fields overridden by `overrides`."
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     if budget not in BUDGETS: raise ValueError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
     base = PRESETS[name]
@@ -415,6 +415,15 @@ def _write_metrics_csv(run: RunDir):
     text = ",".join(cols) + "\n" + "".join(",".join(str(row.get(c, "")) for c in cols) + "\n" for row in rows)
     atomic_write(run.path / "metrics.csv", lambda f: f.write(text.encode()))
 
+# %% ../nbs/06_lottery.ipynb #28edc35c
+def round_model(run, r: int) -> torch.nn.Module:
+    "The trained network of round `r` of a lottery run: the configuration's architecture with the round's final weights (CPU, eval mode)."
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    cfg = LotteryConfig.from_dict(run.read_config()["config"])
+    model = build_model(cfg, cfg.make_strategy())
+    model.load_state_dict(load_torch(run.round_dir(r) / "final.pt", f"trained weights of round {r}", f"Delete {run.round_dir(r)} to train that round again."))
+    return model.eval()
+
 # %% ../nbs/06_lottery.ipynb #0390f29a
 STATUS_METRICS = ("accuracy", "ece", "confidence", "gap", "dead_classes", "ts_ece")  # of the last finished round
 
@@ -437,3 +446,19 @@ def run_status(out_dir) -> list[dict]:
             row.update({"% remaining": round(last["remaining"], 2), **{c: round(last[c], 4) for c in STATUS_METRICS if c in last}})
         rows.append(row)
     return rows
+
+# %% ../nbs/06_lottery.ipynb #35b68098
+CONVERGENCE_COLUMNS = ("accuracy", "ece", "confidence", "gap", "dead_classes")
+
+def convergence_table(folder, epochs=(3, 10, 20, 60), columns=CONVERGENCE_COLUMNS) -> "pd.DataFrame":
+    "Test metrics of the dense round of every run under `folder` after each of `epochs` (from `history.json`)."
+    import pandas as pd
+    rows = []
+    for f in sorted(Path(folder).glob("**/round_00/history.json")):
+        c = RunDir(f.parents[1]).read_config()["config"]
+        hparams = ", ".join(f"{k}={v}" for k, v in sorted(c["strategy_hparams"].items()))
+        for h in json.loads(f.read_text()):
+            if h["epoch"] in epochs:
+                rows.append({"dataset": c["preset"]["dataset"], "strategy": c["strategy"] + (f" ({hparams})" if hparams else ""),
+                             "seed": c["seed"], "epochs": h["epoch"], **{k: h.get(k) for k in columns}})
+    return pd.DataFrame(rows, columns=["dataset", "strategy", "seed", "epochs", *columns])

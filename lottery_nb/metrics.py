@@ -157,13 +157,15 @@ def cross_fit_temperature(probs, labels, seed: int = 0) -> tuple[torch.Tensor, t
     return out, (t_a, t_b)
 
 # %% ../nbs/02_metrics.ipynb #aea8f2c8
-def reliability_diagram(probs, labels, ax=None, n_bins: int = 15, title: str | None = None):
-    "Accuracy and gap per confidence bin over the diagonal, and the confidence histogram in a strip below."
+def reliability_diagram(probs, labels=None, ax=None, n_bins: int = 15, title: str | None = None):
+    "Accuracy and gap per confidence bin over the diagonal, and the confidence histogram in a strip below; `probs` may be a `BinStats`."
     import matplotlib.pyplot as plt
     from mpl_toolkits.axes_grid1 import make_axes_locatable
     if ax is None: _, ax = plt.subplots(figsize=(4.2, 4.2))
-    s, r = bin_stats(probs, labels, n_bins), calibration_report(probs, labels, n_bins)
-    lo, width = s.edges[:-1].double().numpy(), 1.0 / n_bins
+    s = probs if isinstance(probs, BinStats) else bin_stats(probs, labels, n_bins)
+    share = s.counts / s.counts.sum().clamp_min(1)
+    r = {"ece": (share * s.gaps).sum().item(), "accuracy": (share * s.accuracy).sum().item()}
+    lo, width = s.edges[:-1].double().numpy(), 1.0 / len(s.counts)
     acc, conf, filled = s.accuracy.numpy(), s.confidence.numpy(), s.counts.numpy() > 0
     ax.bar(lo[filled], acc[filled], width=width, align="edge", color="tab:blue", edgecolor="k", lw=0.5, label="accuracy")
     ax.bar(lo[filled], (conf - acc)[filled], bottom=acc[filled], width=width, align="edge", fill=False,
@@ -174,7 +176,7 @@ def reliability_diagram(probs, labels, ax=None, n_bins: int = 15, title: str | N
             bbox=dict(boxstyle="round", fc="white", ec="0.7"))
     ax.legend(loc="lower right", fontsize="small")
     hist = make_axes_locatable(ax).append_axes("bottom", size="22%", pad=0.08, sharex=ax)
-    hist.bar(lo, (s.counts / s.counts.sum().clamp_min(1)).numpy(), width=width, align="edge", color="0.6", edgecolor="k", lw=0.3)
+    hist.bar(lo, share.numpy(), width=width, align="edge", color="0.6", edgecolor="k", lw=0.3)
     hist.set(xlabel="confidence", ylabel="share")
     ax.tick_params(labelbottom=False)
     return ax
