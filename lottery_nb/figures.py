@@ -285,8 +285,9 @@ def claim_table(df: pd.DataFrame, metric: str, better: str, rounds=None, baselin
                      "holds": (g.verdict == "holds").sum(), "does not hold": (g.verdict == "does not hold").sum(),
                      "inconclusive": (g.verdict == "inconclusive").sum(), "verdict": verdict_over(g.verdict)})
     order = {s: i for i, s in enumerate(STRATEGY_STYLE)}
-    out = pd.DataFrame(rows)
-    return out.sort_values(["dataset", "strategy"], key=lambda c: c.map(order) if c.name == "strategy" else c, ignore_index=True) if rows else out
+    cols = ["dataset", "strategy", "seeds", "rounds", f"mean Δ{metric}", "holds", "does not hold", "inconclusive", "verdict"]
+    out = pd.DataFrame(rows, columns=cols)
+    return out.sort_values(["dataset", "strategy"], key=lambda c: c.map(order) if c.name == "strategy" else c, ignore_index=True)
 
 # %% ../nbs/09_figures.ipynb #e2a34ea2
 def reliability_rows(probs, labels, n_bins: int = 15, **ident) -> list[dict]:
