@@ -14,10 +14,10 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['RESULT_COLUMNS', 'STRATEGY_STYLE', 'METRIC_LABELS', 'DATASET_LABELS', 'FIGURES', 'FIGURE_TITLES', 'TS_METRICS',
-           'load_results', 'style', 't_interval', 'strategy_order', 'off_scale', 'plot_metric', 'synthetic_results',
-           'metric_grid', 'transfer_view', 'transfer_figure', 'sparse_view', 'sparse_figure', 'paper_figures',
-           'summary_table', 'to_markdown', 'with_temperature_scaled', 'paired_differences', 'verdict', 'verdict_over',
-           'claim_table', 'reliability_rows', 'bins_from_rows']
+           'load_results', 'style', 'strategy_order', 'off_scale', 'plot_metric', 'synthetic_results', 'metric_grid',
+           'transfer_view', 'transfer_figure', 'sparse_view', 'sparse_figure', 'paper_figures', 'summary_table',
+           'to_markdown', 'run_checks', 'checks_markdown', 'with_temperature_scaled', 'paired_differences', 'verdict',
+           'verdict_over', 'claim_table', 'reliability_rows', 'bins_from_rows']
 
 # %% ../nbs/09_figures.ipynb #27161d6d
 RESULT_COLUMNS = ["dataset", "preset", "model", "strategy", "seed", "round", "remaining", "accuracy", "ece", "mce", "nll", "brier"]
@@ -63,14 +63,6 @@ def style(strategy: str) -> dict:
     return STRATEGY_STYLE.get(strategy, dict(label=strategy, color="0.5"))
 
 # %% ../nbs/09_figures.ipynb #97f671e8
-def t_interval(values, level: float = 0.95) -> tuple[float, float]:
-    "Student-t confidence interval of the mean of `values` (the mean itself for a single value)."
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2: return float(v.mean()), float(v.mean())
-    from scipy import stats
-    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return float(v.mean() - half), float(v.mean() + half)
-
 def strategy_order(df: pd.DataFrame) -> list[str]:
     "The strategies of `df` in `STRATEGY_STYLE` order, then any others alphabetically."
     return [s for s in STRATEGY_STYLE if s in set(df.strategy)] + sorted(set(df.strategy) - set(STRATEGY_STYLE))
@@ -85,7 +77,7 @@ def off_scale(curves: dict[str, np.ndarray], k: float = 8.0) -> set[str]:
     return {s for s, m in med.items() if abs(m - centre) > k * mad}
 
 def plot_metric(df: pd.DataFrame, metric: str, ax=None, title: str | None = None, legend: bool = True, focus: bool = True):
-    "Mean over seeds (seaborn line, 95% t-interval band) of `metric` per strategy against % weights remaining (log axis)."
+    "Mean over seeds (seaborn line, band of one standard error) of `metric` per strategy against % weights remaining (log axis)."
     import matplotlib.pyplot as plt
     import seaborn as sns
     if ax is None: _, ax = plt.subplots(figsize=(5, 3.6))
@@ -94,8 +86,9 @@ def plot_metric(df: pd.DataFrame, metric: str, ax=None, title: str | None = None
     curves = {s: d[d.strategy == s].groupby("_x")[metric].mean().to_numpy() for s in order}
     hidden = off_scale(curves) if focus else set()
     for s in sorted(order, key=lambda s: s == "none"):  # LTH last: on top
-        st = style(s)
-        sns.lineplot(d[d.strategy == s], x="_x", y=metric, errorbar=t_interval, color=st["color"], label=st["label"], ax=ax,
+        st, ds = style(s), d[d.strategy == s]
+        band = ("se", 1) if ds.groupby("_x").size().max() > 1 else None  # no band for one seed
+        sns.lineplot(ds, x="_x", y=metric, errorbar=band, color=st["color"], label=st["label"], ax=ax,
                      marker="o", markersize=3.5, linewidth=2.6 if s == "none" else 1.5, zorder=5 if s == "none" else 3,
                      linestyle="--" if s == "none_ts" else "-", legend=False)
     if hidden:
@@ -156,7 +149,7 @@ def metric_grid(df: pd.DataFrame, datasets: Iterable[str], metrics: Iterable[str
         for j, m in enumerate(metrics):
             ax = axs[0, i] if single else axs[i, j]
             plot_metric(df[df.dataset == d], m, ax, legend=False)
-            if single or j == 0: ax.set_title(DATASET_LABELS.get(d, d), loc="left")  # once per row
+            if single or j == 0: ax.set_title(DATASET_LABELS.get(d, d))  # once per row
     handles, labels = axs.flat[0].get_legend_handles_labels()
     for ax in axs.flat[1:]:
         for h, l in zip(*ax.get_legend_handles_labels()):
@@ -164,7 +157,7 @@ def metric_grid(df: pd.DataFrame, datasets: Iterable[str], metrics: Iterable[str
     rank = {style(s)["label"]: i for i, s in enumerate(strategy_order(df))}  # legend in strategy order, LTH first
     handles, labels = zip(*sorted(zip(handles, labels), key=lambda hl: rank.get(hl[1], len(rank)))) if labels else ([], [])
     n_seeds = df.groupby(["dataset", "strategy"]).seed.nunique().max()
-    band = "; band: 95% interval of the mean" if n_seeds > 1 else ""
+    band = "; band: ± one standard error" if n_seeds > 1 else ""
     fig.suptitle(f"{title}\n(line: mean over {n_seeds} seed{'s' if n_seeds > 1 else ''}{band})" if title else "")
     fig.tight_layout()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
@@ -232,6 +225,31 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
+
+# %% ../nbs/09_figures.ipynb #bc42b654
+def run_checks(*folders, tol: float = 0.01, tail: float = 0.25) -> pd.DataFrame:
+    "Per run under `folders`: rounds with dead classes, and rounds whose accuracy rose by more than `tol` over the last `tail` of their epochs."
+    rows = []
+    for folder in folders:
+        for cfg_file in sorted(Path(folder).glob("**/config.json")):
+            run, cfg = cfg_file.parent, json.loads(cfg_file.read_text())["config"]
+            dead, rising = [], []
+            for m in sorted(run.glob("round_*/metrics.json")):
+                r = json.loads(m.read_text())
+                if r.get("dead_classes", 0) > 0: dead.append(f"{r['round']} ({r['dead_classes']})")
+                h = json.loads((m.parent / "history.json").read_text()) if (m.parent / "history.json").exists() else []
+                acc = [e["accuracy"] for e in h if "accuracy" in e]
+                if len(acc) >= 4 and acc[-1] - acc[-1 - max(1, round(tail * len(acc)))] > tol: rising.append(str(r["round"]))
+            if dead or rising:
+                rows.append({"run": run.name, "strategy": cfg["strategy"], "seed": cfg["seed"],
+                             "dead classes in rounds": ", ".join(dead), "still improving in rounds": ", ".join(rising)})
+    return pd.DataFrame(rows, columns=["run", "strategy", "seed", "dead classes in rounds", "still improving in rounds"])
+
+def checks_markdown(checks: pd.DataFrame) -> str:
+    "The checks as a markdown section for `summary.md`."
+    if checks.empty: return "## Checks\n\nNo run has a dead class, and every round had converged (accuracy within 1 point over its last quarter of epochs).\n"
+    return ("## Checks\n\nRead these runs' numbers with care: a dead class is a class the network never predicts correctly; "
+            "a round still improving had not converged when its training stopped.\n\n" + to_markdown(checks) + "\n")
 
 # %% ../nbs/09_figures.ipynb #e354f6d6
 TS_METRICS = ("ece", "ece_10", "nll", "brier", "confidence")  # replaced by their ts_ values in `none_ts`
