@@ -281,4 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, DatasetNotFoundError, RunDirError, ReproduceError, ValueError) as e:
         print(f"lottery_nb: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lottery_nb: interrupted; {_resume_hint()}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
     return 0
+
+def _resume_hint() -> str:
+    "Where the same command picks up again: the last epoch checkpoint this process wrote, if any."
+    from lottery_nb.lottery import LAST_CHECKPOINT as c
+    if not c: return "nothing was lost: the same command resumes where the work stopped (finished rounds and epoch checkpoints are kept)"
+    return (f"the same command resumes round {c['round']} after epoch {c['epoch']} of {c['epochs']} ({c['run']}); "
+            "finished rounds are kept")

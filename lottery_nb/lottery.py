@@ -31,10 +31,11 @@ from .training import (evaluate, fit, get_device, load_training_state, make_opti
                                  training_state)
 
 # %% auto #0
-__all__ = ['LENET_PRUNING', 'PRESETS', 'BUDGETS', 'HALF_PRESETS', 'LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'STATUS_METRICS',
-           'CONVERGENCE_COLUMNS', 'Preset', 'validate_preset', 'get_preset', 'LotteryConfig', 'RunDirError',
-           'atomic_write', 'save_torch', 'save_json', 'load_torch', 'versions', 'RunDir', 'run_data', 'build_model',
-           'run_lottery', 'use_amp', 'use_channels_last', 'round_model', 'run_status', 'convergence_table']
+__all__ = ['LENET_PRUNING', 'PRESETS', 'BUDGETS', 'HALF_PRESETS', 'LOCK_FILE', 'LAST_CHECKPOINT', 'METRIC_COLUMNS', 'NOT_IN_CSV',
+           'STATUS_METRICS', 'CONVERGENCE_COLUMNS', 'Preset', 'validate_preset', 'get_preset', 'LotteryConfig',
+           'RunDirError', 'atomic_write', 'save_torch', 'save_json', 'load_torch', 'versions', 'RunDir', 'run_data',
+           'build_model', 'run_lottery', 'use_amp', 'use_channels_last', 'round_model', 'run_status',
+           'convergence_table']
 
 # %% ../nbs/06_lottery.ipynb #ac78749f
 @dataclass(frozen=True)
@@ -385,6 +386,7 @@ def _train_round(run, cfg, r, model, strat, train, test_loader, mask, start, dev
             extra = {"method": mt.state_dict()} if hasattr(mt, "state_dict") else {}
             save_torch({"training": training_state(model, optimizer, scheduler, loader), **state, "step": step[0],
                         "seconds": time.perf_counter() - t0, **extra}, ckpt_file)
+            LAST_CHECKPOINT.update(run=str(run.path), round=r, epoch=epoch + 1, epochs=p.epochs)
         fit(model, loader, p.epochs, optimizer, loss_fn=mt.wrap_loss(strat) if hasattr(mt, "wrap_loss") else strat,
             scheduler=scheduler, eval_loader=test_loader if p.eval_every_epoch else None, start_epoch=state["epoch"],
             before_step=getattr(mt, "before_step", None), after_step=after_step, after_epoch=after_epoch, progress=progress,
@@ -404,6 +406,8 @@ def _train_round(run, cfg, r, model, strat, train, test_loader, mask, start, dev
     save_json(metrics, rd / "metrics.json")           # the round is done from here on
     _write_metrics_csv(run)
     if ckpt_file.exists(): ckpt_file.unlink()
+
+LAST_CHECKPOINT: dict = {}  # the last epoch checkpoint this process wrote (run, round, epoch): what an interruption says
 
 METRIC_COLUMNS = ["round", "remaining", "accuracy", "ece", "mce", "nll", "brier", "confidence", "gap", "dead_classes", "ece_10",
                   "ts_ece", "ts_nll", "ts_brier", "temperature"]
@@ -428,15 +432,15 @@ def round_model(run, r: int) -> torch.nn.Module:
 STATUS_METRICS = ("accuracy", "ece", "confidence", "gap", "dead_classes", "ts_ece")  # of the last finished round
 
 def run_status(out_dir) -> list[dict]:
-    "One row per run directory under `out_dir`: configuration, rounds done, the round in progress, the latest metrics."
+    "One row per run directory anywhere under `out_dir`: configuration, rounds done, the round in progress, the latest metrics."
     rows = []
-    for d in sorted(Path(out_dir).glob("*/config.json")):
+    for d in sorted(Path(out_dir).glob("**/config.json")):
         run = RunDir(d.parent)
         try: c = run.read_config()["config"]
         except (RunDirError, KeyError, TypeError): rows.append({"run": d.parent.name, "status": "damaged config.json"}); continue
         done = run.finished_rounds()
         ck = sorted(run.path.glob("round_*/checkpoint.pt"))
-        row = {"run": d.parent.name, "preset": c["preset"]["name"], "strategy": c["strategy"], "seed": c["seed"],
+        row = {"run": str(d.parent.relative_to(out_dir)), "preset": c["preset"]["name"], "strategy": c["strategy"], "seed": c["seed"],
                "rounds done": len(done), "in progress": ""}
         if ck:
             try: row["in progress"] = f"{ck[-1].parent.name}, epoch {torch.load(ck[-1], weights_only=False)['epoch']}/{c['preset']['epochs']}"

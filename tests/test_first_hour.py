@@ -51,3 +51,31 @@ def test_checks_flag_dead_classes_and_unconverged_rounds(tmp_path):
     md = checks_markdown(run_checks(tmp_path))
     assert md.startswith("## Checks") and "| dead |" in md and "| slow |" in md
     assert "No run has a dead class" in checks_markdown(run_checks(tmp_path / "a" / "b"))
+
+
+def test_status_finds_runs_anywhere_under_the_folder(tmp_path):
+    run_lottery("digits_lenet", "none", rounds=0, budget="smoke", out_dir=tmp_path / "repro" / "runs", progress=False)
+    run_lottery("digits_lenet", "lwcc", rounds=0, budget="smoke", out_dir=tmp_path / "repro" / "more" / "deeper", progress=False)
+    r = cli("status", str(tmp_path / "repro"))
+    assert r.returncode == 0, r.stderr
+    assert "runs/digits_lenet-none-seed0" in r.stdout and "more/deeper/digits_lenet-lwcc-seed0" in r.stdout
+    assert "No runs" not in r.stdout and "no runs" not in r.stdout
+
+
+def test_ctrl_c_says_where_the_run_resumes_and_exits_130(tmp_path):
+    out = tmp_path / "runs"
+    with background_cli("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smoke", "--set", "epochs=400",
+                        "--rounds", "0", "--out", str(out), "--quiet") as proc:
+        wait_until(lambda: list(out.glob("*/round_00/checkpoint.pt")), proc, "an epoch checkpoint")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.match(r"lottery_nb: interrupted; the same command resumes round 0 after epoch \d+ of 400 \(.*digits_lenet-none-seed0-", lines[0]), lines[0]
+    # and it does: the same command finishes the round from that epoch on
+    r = cli("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smoke", "--set", "epochs=400", "--rounds", "0",
+            "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(next(out.glob("*/round_00/metrics.json")).read_text())
+    assert m["resumed_at_epochs"] and m["resumed_at_epochs"][0] >= 1
