@@ -25,9 +25,9 @@ from .transfer import run_transfer, transfer_config_from
 from .sparse import run_sparse, sparse_config
 
 # %% auto #0
-__all__ = ['DATASET_PRESETS', 'TRANSFER_TARGETS', 'grid_configs', 'check_data', 'usable_cores', 'check_workers', 'dask_client',
-           'WorkerLostError', 'run_jobs', 'transfer_targets', 'run_transfer_grid', 'sparse_configs', 'run_sparse_grid',
-           'run_grid', 'ReproduceError', 'experiments_dir', 'execute', 'reproduce']
+__all__ = ['DATASET_PRESETS', 'TRANSFER_TARGETS', 'KERNEL_ARGUMENTS', 'grid_configs', 'check_data', 'usable_cores',
+           'check_workers', 'dask_client', 'WorkerLostError', 'run_jobs', 'transfer_targets', 'run_transfer_grid',
+           'sparse_configs', 'run_sparse_grid', 'run_grid', 'ReproduceError', 'experiments_dir', 'execute', 'reproduce']
 
 # %% ../nbs/10_reproduce.ipynb #a1fc49d3
 DATASET_PRESETS = {"mnist": "mnist_lenet", "fashion_mnist": "fashion_mnist_lenet", "cifar10": "cifar10_resnet18",
@@ -157,17 +157,22 @@ def experiments_dir() -> Path:
         raise ReproduceError(f"the experiment notebooks are not in {d}: install lottery_nb from a checkout of its repository with `pip install -e .`")
     return d
 
+# The kernel on this machine's loopback interface: its warning about TCP without encryption is noise in a terminal
+# (errors are still logged)
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+
 def execute(notebook: Path, output: Path, parameters: dict, cwd=None):
     "Run `notebook` with papermill into `output`; a failure becomes one `ReproduceError` naming the cell's error."
     import papermill as pm
     output.parent.mkdir(parents=True, exist_ok=True)
-    try: pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3", progress_bar=False, cwd=cwd)
+    try: pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3", progress_bar=False, cwd=cwd,
+                             extra_arguments=KERNEL_ARGUMENTS)
     except pm.PapermillExecutionError as e:
         raise ReproduceError(f"{notebook.name} failed ({e.ename}: {e.evalue}); the executed notebook with the error is {output}") from None
 
 # %% ../nbs/10_reproduce.ipynb #1f095a63
 def _watch(out: Path, grid: dict, sparse_grid: dict, stop: threading.Event, progress: bool):
-    from tqdm.auto import tqdm
+    from lottery_nb.training import tqdm
     todo = [(out / "runs" / cfg.run_name, n) for configs in grid.values() for cfg, n in configs]
     todo += [(out / "transfer" / cfg.run_name, n) for configs in transfer_targets(grid).values() for cfg, n in configs]
     todo += [(out / "sparse" / cfg.run_name, 0) for configs in sparse_grid.values() for cfg, _ in configs]

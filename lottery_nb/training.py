@@ -10,7 +10,9 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+import importlib.util
+if importlib.util.find_spec("ipywidgets") is not None: from tqdm.auto import tqdm  # a widget bar in Jupyter, text elsewhere
+else: from tqdm.std import tqdm  # tqdm.auto would warn "IProgress not found" in a notebook, then draw this text bar anyway
 
 from .calibration import mean_logprob, stochastic_logits
 from .metrics import calibration_report

@@ -79,3 +79,30 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads(next(out.glob("*/round_00/metrics.json")).read_text())
     assert m["resumed_at_epochs"] and m["resumed_at_epochs"][0] >= 1
+
+
+def requirement_names(key: str) -> set[str]:
+    from configparser import ConfigParser
+    cfg = ConfigParser(delimiters=["="]); cfg.read(REPO / "settings.ini", encoding="utf-8")
+    return {re.split(r"[<>=!\[ ;]", r)[0].lower().replace("_", "-") for r in cfg["DEFAULT"][key].split()}
+
+
+def test_jupyter_extra_covers_every_import_of_the_chapters():
+    "After `pip install -e .[jupyter]` every chapter's imports resolve: each third-party module comes with a listed distribution."
+    import ast
+    import importlib.metadata as md
+    import sys
+    allowed = requirement_names("requirements") | requirement_names("jupyter_requirements")
+    assert {"jupyterlab", "ipywidgets", "nbdev"} <= allowed
+    dists = md.packages_distributions()
+    missing = set()
+    for nb in sorted((REPO / "nbs").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            if cell["cell_type"] != "code": continue
+            src = "\n".join(l for l in "".join(cell["source"]).splitlines() if not l.lstrip().startswith(("%", "!")))
+            for node in ast.walk(ast.parse(src)):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+                for top in {m.split(".")[0] for m in mods}:
+                    if top in sys.stdlib_module_names or top in ("__future__", "lottery_nb"): continue
+                    if not any(d.lower().replace("_", "-") in allowed for d in dists.get(top, [])): missing.add(f"{top} ({nb.name})")
+    assert not missing, f"imported by the chapters but not installed by the jupyter extra: {sorted(missing)}"

@@ -34,6 +34,11 @@ def test_reproduce_smoke_on_digits(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| digits | dense |" in summary and "lwcc" in summary and summary in r.stdout
     assert "## Checks" in summary  # dead classes and unconverged rounds, or a line saying there are none
+    # no stray warnings: neither the kernel's in the terminal nor tqdm's in the executed notebooks
+    assert "Warning" not in r.stderr and "WARNING" not in r.stderr, r.stderr[-2000:]
+    for nb in (out / "notebooks").glob("*.ipynb"):
+        outputs = json.dumps([c.get("outputs", []) for c in json.loads(nb.read_text())["cells"]])
+        assert "Warning" not in outputs, f"{nb.name}: {outputs[:2000]}"
     # a second invocation finds every run finished: nothing recomputed
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("final.pt")}
     assert cli("reproduce", "--budget", "smoke", "--datasets", "digits", "--strategies", "none,lwcc", "--seeds", "0", "1",
