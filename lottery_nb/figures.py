@@ -12,6 +12,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from .lottery import RunDir, _readable_json
+
 # %% auto #0
 __all__ = ['RESULT_COLUMNS', 'STRATEGY_STYLE', 'METRIC_LABELS', 'DATASET_LABELS', 'FIGURES', 'FIGURE_TITLES', 'TS_METRICS',
            'load_results', 'style', 'strategy_order', 'off_scale', 'plot_metric', 'synthetic_results', 'metric_grid',
@@ -33,8 +35,7 @@ def load_results(*folders) -> pd.DataFrame:
                      "strategy": cfg["strategy"], "seed": cfg["seed"], "epochs": cfg["preset"]["epochs"], "run": run.name,
                      "kind": "transfer" if tr else "sparse" if sp else "lottery", "source_strategy": tr["source_strategy"] if tr else None,
                      "transfer_loss": tr["loss"] if tr else None, "method": sp["method"] if sp else "imp"}
-            for m in sorted(run.glob("round_*/metrics.json")):
-                r = json.loads(m.read_text())
+            for r in RunDir(run).round_metrics():  # an unreadable metrics.json stops here, with the file named and the fix
                 rows.append({**ident, **{k: v for k, v in r.items() if k not in ("sparsity", "class_accuracy")}})
     df = pd.DataFrame(rows, columns=None if rows else RESULT_COLUMNS)
     return df.sort_values(["dataset", "strategy", "seed", "round"], ignore_index=True) if rows else df
@@ -234,10 +235,10 @@ def run_checks(*folders, tol: float = 0.01, tail: float = 0.25) -> pd.DataFrame:
         for cfg_file in sorted(Path(folder).glob("**/config.json")):
             run, cfg = cfg_file.parent, json.loads(cfg_file.read_text())["config"]
             dead, rising = [], []
-            for m in sorted(run.glob("round_*/metrics.json")):
-                r = json.loads(m.read_text())
+            for r in RunDir(run).round_metrics():
                 if r.get("dead_classes", 0) > 0: dead.append(f"{r['round']} ({r['dead_classes']})")
-                h = json.loads((m.parent / "history.json").read_text()) if (m.parent / "history.json").exists() else []
+                hf = RunDir(run).round_dir(r["round"]) / "history.json"
+                h = json.loads(hf.read_text()) if _readable_json(hf) else []
                 acc = [e["accuracy"] for e in h if "accuracy" in e]
                 if len(acc) >= 4 and acc[-1] - acc[-1 - max(1, round(tail * len(acc)))] > tol: rising.append(str(r["round"]))
             if dead or rising:

@@ -206,23 +206,41 @@ def versions() -> dict:
 # %% ../nbs/06_lottery.ipynb #164fc888
 LOCK_FILE = ".lock"
 
+def _readable_json(path: Path) -> bool:
+    try: json.loads(Path(path).read_text()); return True
+    except (json.JSONDecodeError, UnicodeDecodeError): return False
+
+def _unreadable_metrics(path: Path) -> str:
+    return (f"{path} is unreadable (truncated or corrupt). Run the same `lottery_nb run` (or `reproduce`) command again: "
+            "it rebuilds the file from the round's saved weights, and keeps the broken one beside it.")
+
 class RunDir:
     "The files of one run (see the layout above)."
     def __init__(self, path: Path): self.path = Path(path)
     def round_dir(self, r: int) -> Path: return self.path / f"round_{r:02d}"
-    def done(self, r: int) -> bool: return (self.round_dir(r) / "metrics.json").exists()
+    def done(self, r: int) -> bool: return r in self.finished_rounds()
 
-    def finished_rounds(self) -> list[int]:
+    def _rounds_with_metrics(self) -> list[int]:
         return sorted(int(p.name[6:]) for p in self.path.glob("round_*") if (p / "metrics.json").exists())
 
+    def finished_rounds(self) -> list[int]:
+        "Rounds whose metrics.json is there and readable."
+        return [r for r in self._rounds_with_metrics() if _readable_json(self.round_dir(r) / "metrics.json")]
+
+    def unreadable_rounds(self) -> list[int]:
+        "Rounds whose metrics.json is there but unreadable (truncated or corrupt)."
+        return [r for r in self._rounds_with_metrics() if not _readable_json(self.round_dir(r) / "metrics.json")]
+
     def round_metrics(self) -> list[dict]:
+        "The metrics of every finished round; an unreadable metrics.json is a `RunDirError` that says how to rebuild it."
+        for r in self.unreadable_rounds(): raise RunDirError(_unreadable_metrics(self.round_dir(r) / "metrics.json"))
         return [json.loads((self.round_dir(r) / "metrics.json").read_text()) for r in self.finished_rounds()]
 
     def read_config(self) -> dict | None:
         f = self.path / "config.json"
         if not f.exists(): return None
         try: return json.loads(f.read_text())
-        except json.JSONDecodeError: raise RunDirError(f"{f} is not valid JSON; the run directory is damaged. Move it away to start the run afresh.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError): raise RunDirError(f"{f} is not valid JSON; the run directory is damaged. Move it away to start the run afresh.") from None
 
     def claim(self, cfg: LotteryConfig):
         "Write config.json for a new run, or check that an existing one holds the same configuration."
@@ -297,7 +315,7 @@ def run_lottery(preset: str | Preset, strategy: str, rounds: int | None = None, 
     strat = cfg.make_strategy()  # validates the strategy and its hyper-parameters
     run = RunDir(Path(out_dir) / cfg.run_name)
     if all(run.done(r) for r in range(rounds + 1)) and run.read_config() is not None:
-        run.claim(cfg); return run
+        run.claim(cfg); _write_metrics_csv(run, repair=True); return run
     train, test = run_data(p, data_root, download)  # missing data fail here, before anything is written
     dev = get_device(device)
     model = build_model(cfg, strat)
@@ -312,6 +330,8 @@ def run_lottery(preset: str | Preset, strategy: str, rounds: int | None = None, 
         test_loader = BatchLoader(test, 1000, device=dev)
         model.to(dev)
         late = (run.path / "rewind.pt", p.rewind_step) if p.rewind == "late" else None
+        for r in run.unreadable_rounds(): _rebuild_round_metrics(run, cfg, r, model, test_loader, exclude, dev)
+        _write_metrics_csv(run, repair=True)
         for r in range(rounds + 1):
             if run.done(r): continue
             mask = _round_mask(run, cfg, r, model, exclude)
@@ -395,17 +415,30 @@ def _train_round(run, cfg, r, model, strat, train, test_loader, mask, start, dev
         mask = getattr(mt, "mask", mask)  # a dynamic method's mask at the end of training
     finally: mt.remove()
     if late is not None and not late[0].exists(): save_torch(start["state"], late[0])  # k = 0 or beyond training: θ₀
-    metrics = {"round": r, "remaining": remaining_percent(mask, exclude=exclude),
-               "remaining_all": remaining_percent(mask), **_evaluate_row(model, test_loader, p),
-               "epochs": p.epochs, "seconds": round(time.perf_counter() - t0, 3), "device": dev.type, "amp": amp,
-               "channels_last": channels_last,
-               **({"resumed_at_epochs": state["resumed"]} if state["resumed"] else {}),
-               "sparsity": {row["layer"]: row["% remaining"] for row in sparsity_report(mask)}}
+    metrics = _round_record(r, model, mask, exclude, test_loader, p, seconds=round(time.perf_counter() - t0, 3), device=dev.type,
+                            amp=amp, channels_last=channels_last, **({"resumed_at_epochs": state["resumed"]} if state["resumed"] else {}))
     save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, rd / "final.pt")
     save_json(state["history"], rd / "history.json")
     save_json(metrics, rd / "metrics.json")           # the round is done from here on
     _write_metrics_csv(run)
     if ckpt_file.exists(): ckpt_file.unlink()
+
+def _round_record(r: int, model, mask: dict, exclude, test_loader, p: Preset, **extra) -> dict:
+    "What metrics.json holds for round `r`: weights remaining, the test metrics of `model`, `extra`, and the sparsity per layer."
+    return {"round": r, "remaining": remaining_percent(mask, exclude=exclude), "remaining_all": remaining_percent(mask),
+            **_evaluate_row(model, test_loader, p), "epochs": p.epochs, **extra,
+            "sparsity": {row["layer"]: row["% remaining"] for row in sparsity_report(mask)}}
+
+def _rebuild_round_metrics(run: RunDir, cfg: LotteryConfig, r: int, model, test_loader, exclude, dev):
+    "An unreadable metrics.json, computed again from the round's final weights and mask; the broken file is kept as metrics.json.unreadable."
+    import sys
+    rd, fix = run.round_dir(r), f"Delete {run.round_dir(r)} to train that round again."
+    model.load_state_dict(load_torch(rd / "final.pt", f"trained weights of round {r}", fix))
+    mask = load_torch(rd / "mask.pt", f"mask of round {r}", fix)
+    (rd / "metrics.json").replace(rd / "metrics.json.unreadable")
+    save_json(_round_record(r, model.to(dev), mask, exclude, test_loader, cfg.preset, device=dev.type, rebuilt=True), rd / "metrics.json")
+    print(f"lottery_nb: {rd / 'metrics.json'} was unreadable; rebuilt it from the round's saved weights "
+          f"(the broken file is kept as metrics.json.unreadable)", file=sys.stderr)
 
 LAST_CHECKPOINT: dict = {}  # the last epoch checkpoint this process wrote (run, round, epoch): what an interruption says
 
@@ -413,11 +446,18 @@ METRIC_COLUMNS = ["round", "remaining", "accuracy", "ece", "mce", "nll", "brier"
                   "ts_ece", "ts_nll", "ts_brier", "temperature"]
 NOT_IN_CSV = ("sparsity", "class_accuracy")  # per layer and per class: in metrics.json only
 
-def _write_metrics_csv(run: RunDir):
+def _write_metrics_csv(run: RunDir, repair: bool = False):
+    "metrics.csv from the rounds' metrics.json files, written when it differs; with `repair`, a difference is damage and is reported."
+    import sys
     rows = run.round_metrics()
-    cols = METRIC_COLUMNS + [k for k in rows[-1] if k not in METRIC_COLUMNS and k not in NOT_IN_CSV]
+    if not rows: return
+    cols = METRIC_COLUMNS + [k for k in dict.fromkeys(k for row in rows for k in row) if k not in METRIC_COLUMNS and k not in NOT_IN_CSV]
     text = ",".join(cols) + "\n" + "".join(",".join(str(row.get(c, "")) for c in cols) + "\n" for row in rows)
-    atomic_write(run.path / "metrics.csv", lambda f: f.write(text.encode()))
+    f = run.path / "metrics.csv"
+    old = f.read_bytes() if f.exists() else None
+    if old == text.encode(): return
+    atomic_write(f, lambda out: out.write(text.encode()))
+    if repair and old is not None: print(f"lottery_nb: {f} was incomplete or damaged; rebuilt it from the rounds' metrics.json", file=sys.stderr)
 
 # %% ../nbs/06_lottery.ipynb #28edc35c
 def round_model(run, r: int) -> torch.nn.Module:
@@ -437,11 +477,13 @@ def run_status(out_dir) -> list[dict]:
     for d in sorted(Path(out_dir).glob("**/config.json")):
         run = RunDir(d.parent)
         try: c = run.read_config()["config"]
-        except (RunDirError, KeyError, TypeError): rows.append({"run": d.parent.name, "status": "damaged config.json"}); continue
+        except (RunDirError, KeyError, TypeError): rows.append({"run": str(d.parent.relative_to(out_dir)), "damaged": "config.json"}); continue
         done = run.finished_rounds()
         ck = sorted(run.path.glob("round_*/checkpoint.pt"))
         row = {"run": str(d.parent.relative_to(out_dir)), "preset": c["preset"]["name"], "strategy": c["strategy"], "seed": c["seed"],
                "rounds done": len(done), "in progress": ""}
+        broken = [f"round_{r:02d}/metrics.json" for r in run.unreadable_rounds()]
+        if broken: row["damaged"] = ", ".join(broken) + " (the same run command rebuilds it)"
         if ck:
             try: row["in progress"] = f"{ck[-1].parent.name}, epoch {torch.load(ck[-1], weights_only=False)['epoch']}/{c['preset']['epochs']}"
             except Exception: row["in progress"] = f"{ck[-1].parent.name} (unreadable checkpoint)"

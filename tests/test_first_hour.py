@@ -106,3 +106,41 @@ def test_jupyter_extra_covers_every_import_of_the_chapters():
                     if top in sys.stdlib_module_names or top in ("__future__", "lottery_nb"): continue
                     if not any(d.lower().replace("_", "-") in allowed for d in dists.get(top, [])): missing.add(f"{top} ({nb.name})")
     assert not missing, f"imported by the chapters but not installed by the jupyter extra: {sorted(missing)}"
+
+
+RUN = ("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smoke", "--rounds", "1", "--quiet")
+
+
+def test_truncated_files_are_named_rebuilt_and_nothing_intact_is_lost(tmp_path):
+    from lottery_nb.figures import load_results
+    from lottery_nb.lottery import RunDirError
+    out = tmp_path / "runs"
+    assert cli(*RUN, "--out", str(out)).returncode == 0
+    other = run_lottery("digits_lenet", "lwcc", rounds=0, budget="smoke", out_dir=out, progress=False)
+    run = next(out.glob("digits_lenet-none-*"))
+    good = json.loads((run / "round_01" / "metrics.json").read_text())
+    csv = (run / "metrics.csv").read_text()
+    final = (run / "round_01" / "final.pt").read_bytes()
+    text = (run / "round_01" / "metrics.json").read_text()
+    (run / "round_01" / "metrics.json").write_text(text[: len(text) // 2])  # cut mid-string, as a crash can
+    # status: the broken run is marked, the others listed
+    r = cli("status", str(out))
+    assert r.returncode == 0 and "damaged" in r.stdout and "round_01/metrics.json" in r.stdout and other.path.name in r.stdout
+    # the results table names the file and the fix, in one message
+    with pytest.raises(RunDirError, match=r"round_01/metrics.json is unreadable .* Run the same `lottery_nb run`"):
+        load_results(out)
+    # the same command rebuilds it from the saved weights; the broken file is kept beside it
+    r = cli(*RUN, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "round_01/metrics.json was unreadable; rebuilt it" in r.stderr and "Traceback" not in r.stderr
+    rebuilt = json.loads((run / "round_01" / "metrics.json").read_text())
+    for k in ("accuracy", "ece", "nll", "brier", "remaining", "dead_classes", "ts_ece"): assert rebuilt[k] == pytest.approx(good[k]), k
+    assert rebuilt["rebuilt"] is True and (run / "round_01" / "metrics.json.unreadable").read_text() == text[: len(text) // 2]
+    assert (run / "round_01" / "final.pt").read_bytes() == final
+    # a truncated metrics.csv is noticed and rebuilt by the same command, even with every round finished
+    (run / "metrics.csv").write_text(csv[: len(csv) // 3])
+    r = cli(*RUN, "--out", str(out))
+    assert r.returncode == 0 and "metrics.csv was incomplete or damaged; rebuilt it" in r.stderr
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert set(csv.splitlines()[0].split(",")) < set(lines[0].split(",")) and len(lines) == 3  # every column, and "rebuilt"
+    assert lines[1].startswith(csv.splitlines()[1][:40])  # round 0 as it was
