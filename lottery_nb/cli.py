@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CLIError', 'parse_strategies', 'cmd_demo', 'parse_overrides', 'cmd_run', 'cmd_status', 'cmd_transfer', 'cmd_sparse',
-           'cmd_reproduce', 'cmd_bench', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'CLIError', 'parse_strategies', 'cmd_demo', 'parse_overrides', 'cmd_run', 'cmd_status', 'cmd_transfer',
+           'cmd_sparse', 'cmd_reproduce', 'cmd_bench', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #5cd78992
 class CLIError(Exception):
@@ -101,12 +101,18 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
 
 def cmd_run(args):
     "Find lottery tickets for one preset, strategy and seed (resumes an existing run)."
-    from lottery_nb.lottery import run_lottery, get_preset
+    from lottery_nb.lottery import LotteryConfig, RunDir, get_preset, run_lottery
     overrides, hparams = parse_overrides(args.set)
     preset = get_preset(args.preset, args.budget, **overrides)
+    rounds = preset.rounds if args.rounds is None else args.rounds
+    path = Path(args.out) / LotteryConfig(preset, args.strategy, hparams, args.seed).run_name
+    finished = all(RunDir(path).done(r) for r in range(rounds + 1))
     run = run_lottery(preset, args.strategy, rounds=args.rounds, seed=args.seed, out_dir=args.out, budget=args.budget,
                       strategy_hparams=hparams, device=args.device, data_root=args.data_root, download=args.download,
                       progress=not args.quiet)
+    if finished:
+        print(f"already finished: {run.path} ({rounds + 1} rounds); its metrics are in metrics.csv (`lottery_nb status {args.out}`)")
+        return run
     return _report_run(run, ["round", "remaining", "accuracy", "ece", "nll", "brier", "seconds"])
 
 def cmd_status(args):
@@ -143,6 +149,7 @@ def cmd_reproduce(args):
     paths = reproduce(args.datasets, parse_strategies(args.strategies), args.seeds, args.budget, args.out, args.rounds,
                       args.data_root, args.device, args.download, progress=not args.quiet, sparsities=args.sparsities,
                       workers=args.workers, scheduler=args.scheduler)
+    if paths["already_finished"]: print(f"already finished: every run of this grid is done and {paths['summary']} is up to date (delete it to draw the figures again)\n")
     print(paths["summary"].read_text())
     print(f"figures: {paths['figures']}\nresults: {paths['results']}\nexecuted notebooks: {paths['notebooks']}")
     return paths
@@ -169,14 +176,34 @@ def _print_table(rows: list[dict], cols: list[str]):
     for row in cells: print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
 
 # %% ../nbs/11_cli.ipynb #de3c7573
-def build_parser() -> argparse.ArgumentParser:
-    "The `lottery_nb` argument parser with all subcommands."
+COMMANDS = {
+    "demo": "train LeNet-300-100 briefly; print its calibration report, save a reliability diagram",
+    "run": "find lottery tickets: train, prune, rewind, retrain (resumes an existing run)",
+    "transfer": "train the tickets of a finished run on another dataset (Fig. 25); resumes",
+    "sparse": "sparse training from scratch: RigL, or CigL (random mask + weight averaging); resumes",
+    "reproduce": "the papers' grid (datasets x strategies x seeds) with figures, results.csv and summary.md; resumes",
+    "bench": "benchmark: trainer vs bare PyTorch, strategies, evaluation, pruning, torch.compile, memory, sweeps (ratios)",
+    "status": "a table of the runs under a folder: rounds done, round in progress, latest metrics",
+}
+
+def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    "The program's parser and its (still empty) subcommands: built without importing PyTorch."
     from lottery_nb import __version__
-    from lottery_nb.data import DATASETS
     p = argparse.ArgumentParser(prog="lottery_nb", description="Calibrated lottery tickets and calibrated sparse training: reproduce the papers from the command line.")
     p.add_argument("--version", action="version", version=f"lottery_nb {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    d = sub.add_parser("demo", help="train LeNet-300-100 briefly; print its calibration report, save a reliability diagram",
+    return p, p.add_subparsers(dest="command", metavar="COMMAND")
+
+def _light_parser() -> argparse.ArgumentParser:
+    "The top-level parser alone (`lottery_nb`, `--help`, `--version`, an unknown command): every command listed, none of their options."
+    p, sub = _top_parser()
+    for name, text in COMMANDS.items(): sub.add_parser(name, help=text)
+    return p
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `lottery_nb` argument parser with all subcommands."
+    from lottery_nb.data import DATASETS
+    p, sub = _top_parser()
+    d = sub.add_parser("demo", help=COMMANDS["demo"],
                        description="Train LeNet-300-100 (Adam, the paper's batch of 60) and report accuracy, ECE, MCE, NLL and Brier on the test set.")
     d.add_argument("--dataset", default="digits", choices=sorted(DATASETS), metavar="NAME", help="dataset (default: digits, which needs no download); one of: " + ", ".join(sorted(DATASETS)))
     d.add_argument("--strategies", default="none", help="calibration strategies, comma-separated, or 'all' (default: none); stochastic ones get dropout 0.3")
@@ -189,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lottery_nb.lottery import BUDGETS, PRESETS
     from lottery_nb.calibration import STRATEGIES
-    r = sub.add_parser("run", help="find lottery tickets: train, prune, rewind, retrain (resumes an existing run)",
+    r = sub.add_parser("run", help=COMMANDS["run"],
                        description="Iterative magnitude pruning with rewinding for one preset, strategy and seed. The run "
                                    "directory is named by the hash of the configuration; running the same command again resumes it.")
     r.add_argument("--preset", required=True, choices=list(PRESETS), metavar="NAME", help="one of: " + ", ".join(PRESETS))
@@ -203,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     from lottery_nb.data import DATASETS
-    t = sub.add_parser("transfer", help="train the tickets of a finished run on another dataset (Fig. 25); resumes",
+    t = sub.add_parser("transfer", help=COMMANDS["transfer"],
                        description="Each finished round's ticket of the source run (its mask and the values it rewinds to) is trained "
                                    "on the target dataset and evaluated on the target's test set. Same run directories and resume as `run`.")
     t.add_argument("--source", required=True, help="a run directory made by `lottery_nb run` (e.g. runs/cifar10a_resnet18-lwcc-seed0-...)")
@@ -217,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_transfer, seed=None)
 
     from lottery_nb.sparse import SPARSE_FIELDS
-    sp = sub.add_parser("sparse", help="sparse training from scratch: RigL, or CigL (random mask + weight averaging); resumes",
+    sp = sub.add_parser("sparse", help=COMMANDS["sparse"],
                         description="Train a sparse network from scratch at the given sparsity (ERK distribution) with RigL's mask "
                                     "updates, or with CigL's random mask and weight averaging on top. Same run directories and resume as `run`.")
     sp.add_argument("--preset", required=True, choices=list(PRESETS), metavar="NAME", help="one of: " + ", ".join(PRESETS))
@@ -231,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_sparse)
 
     from lottery_nb.reproduce import DATASET_PRESETS
-    rp = sub.add_parser("reproduce", help="the papers' grid (datasets x strategies x seeds) with figures, results.csv and summary.md; resumes",
+    rp = sub.add_parser("reproduce", help=COMMANDS["reproduce"],
                         description="Runs the experiment notebooks with papermill: one lottery grid per dataset (finished runs are skipped, "
                                     "interrupted ones resumed), then the figures (Figs. 5, 12, 16, 20), a results CSV and a markdown summary.")
     rp.add_argument("--budget", default="quick", choices=list(BUDGETS), help="paper, standard, quick or smoke (default quick)")
@@ -249,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rp)
     rp.set_defaults(func=cmd_reproduce)
 
-    b = sub.add_parser("bench", help="benchmark: trainer vs bare PyTorch, strategies, evaluation, pruning, torch.compile, memory, sweeps (ratios)",
+    b = sub.add_parser("bench", help=COMMANDS["bench"],
                        description="Measures the project's code against plain PyTorch doing the same work in the same process; "
                                    "every figure is a ratio. Prints a table and writes it as JSON.")
     b.add_argument("--out", default="bench.json", help="JSON file to write (default: bench.json)")
@@ -260,18 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.set_defaults(func=cmd_bench)
 
-    st = sub.add_parser("status", help="a table of the runs under a folder: rounds done, round in progress, latest metrics")
+    st = sub.add_parser("status", help=COMMANDS["status"])
     st.add_argument("folder", nargs="?", default="runs", help="folder of run directories (default: runs)")
     st.set_defaults(func=cmd_status)
     return p
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `lottery_nb` console script."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if next((a for a in argv if not a.startswith("-")), None) not in COMMANDS:  # help, version or a mistake: no PyTorch needed
+        parser = _light_parser(); parser.parse_args(argv); parser.print_help(); return 0
     from lottery_nb.data import DatasetNotFoundError
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(); return 0
+    args = build_parser().parse_args(argv)
     from lottery_nb.lottery import RunDirError
     from lottery_nb.reproduce import ReproduceError
     rounds = getattr(args, "rounds", None)

@@ -171,11 +171,24 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd=None):
         raise ReproduceError(f"{notebook.name} failed ({e.ename}: {e.evalue}); the executed notebook with the error is {output}") from None
 
 # %% ../nbs/10_reproduce.ipynb #1f095a63
-def _watch(out: Path, grid: dict, sparse_grid: dict, stop: threading.Event, progress: bool):
-    from lottery_nb.training import tqdm
+def _grid_runs(out: Path, grid: dict, sparse_grid: dict) -> list[tuple[Path, int]]:
+    "Every run directory of the reproduction with its last round: lottery, transfer and sparse runs."
     todo = [(out / "runs" / cfg.run_name, n) for configs in grid.values() for cfg, n in configs]
     todo += [(out / "transfer" / cfg.run_name, n) for configs in transfer_targets(grid).values() for cfg, n in configs]
-    todo += [(out / "sparse" / cfg.run_name, 0) for configs in sparse_grid.values() for cfg, _ in configs]
+    return todo + [(out / "sparse" / cfg.run_name, 0) for configs in sparse_grid.values() for cfg, _ in configs]
+
+def _already_finished(out: Path, grid: dict, sparse_grid: dict) -> bool:
+    "Every run finished, and the summary written after the last of them: nothing to run, nothing to draw again."
+    summary = out / "summary.md"
+    if not summary.exists() or not (out / "results.csv").exists(): return False
+    runs = _grid_runs(out, grid, sparse_grid)
+    if not all(RunDir(p).done(r) for p, n in runs for r in range(n + 1)): return False
+    newest = max((f.stat().st_mtime for p, _ in runs for f in p.glob("round_*/metrics.json")), default=0)
+    return summary.stat().st_mtime >= newest
+
+def _watch(out: Path, grid: dict, sparse_grid: dict, stop: threading.Event, progress: bool):
+    from lottery_nb.training import tqdm
+    todo = _grid_runs(out, grid, sparse_grid)
     count = lambda: sum(min(len(RunDir(p).finished_rounds()), n + 1) if p.exists() else 0 for p, n in todo)
     with tqdm(total=sum(n + 1 for _, n in todo), initial=count(), desc="grid (rounds)", unit="round", disable=not progress) as bar:
         while not stop.wait(1.0): bar.update(count() - bar.n)
@@ -197,6 +210,9 @@ def reproduce(datasets, strategies=tuple(STRATEGIES), seeds=(0,), budget: str = 
     root = None if data_root is None else str(Path(data_root).resolve())
     stop = threading.Event()
     check_data([TRANSFER_TARGETS[d] for d in datasets if d in TRANSFER_TARGETS], data_root, download)
+    paths = {"runs": runs, "transfer": out / "transfer", "sparse": out / "sparse", "figures": out / "figures", "results": out / "results.csv",
+             "summary": out / "summary.md", "notebooks": out / "notebooks"}
+    if _already_finished(out, grid, sparse_grid): return {**paths, "already_finished": True}
     watcher = threading.Thread(target=_watch, args=(out, grid, sparse_grid, stop, progress), daemon=True)
     watcher.start()
     try:
@@ -213,5 +229,4 @@ def reproduce(datasets, strategies=tuple(STRATEGIES), seeds=(0,), budget: str = 
     finally:
         stop.set(); watcher.join()
     execute(nbs / "figures.ipynb", out / "notebooks" / "figures.ipynb", dict(runs=str(out), out=str(out)))
-    return {"runs": runs, "transfer": out / "transfer", "sparse": out / "sparse", "figures": out / "figures", "results": out / "results.csv", "summary": out / "summary.md",
-            "notebooks": out / "notebooks"}
+    return {**paths, "already_finished": False}

@@ -144,3 +144,23 @@ def test_truncated_files_are_named_rebuilt_and_nothing_intact_is_lost(tmp_path):
     lines = (run / "metrics.csv").read_text().splitlines()
     assert set(csv.splitlines()[0].split(",")) < set(lines[0].split(",")) and len(lines) == 3  # every column, and "rebuilt"
     assert lines[1].startswith(csv.splitlines()[1][:40])  # round 0 as it was
+
+
+def test_help_starts_without_importing_pytorch():
+    "`lottery_nb --help` (and `--version`, and no command) builds the top-level parser only: no PyTorch import, so it is instant."
+    import subprocess, sys
+    code = ("import sys, lottery_nb.cli as c\n"
+            "for argv in (['--help'], ['--version'], []):\n"
+            "    try: c.main(argv)\n"
+            "    except SystemExit: pass\n"
+            "print('torch imported:', 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "torch imported: False" in r.stdout, r.stdout + r.stderr
+    assert "reproduce" in r.stdout and "status" in r.stdout  # every command still listed
+
+
+def test_a_finished_run_says_so_instead_of_reprinting(tmp_path):
+    first = cli(*RUN, "--out", str(tmp_path))
+    assert first.returncode == 0 and "accuracy" in first.stdout
+    again = cli(*RUN, "--out", str(tmp_path))
+    assert again.returncode == 0 and again.stdout.startswith("already finished: ") and "accuracy" not in again.stdout

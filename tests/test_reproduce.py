@@ -40,10 +40,11 @@ def test_reproduce_smoke_on_digits(tmp_path):
         outputs = json.dumps([c.get("outputs", []) for c in json.loads(nb.read_text())["cells"]])
         assert "Warning" not in outputs, f"{nb.name}: {outputs[:2000]}"
     # a second invocation finds every run finished: nothing recomputed
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("final.pt")}
-    assert cli("reproduce", "--budget", "smoke", "--datasets", "digits", "--strategies", "none,lwcc", "--seeds", "0", "1",
-               "--out", str(out), "--quiet").returncode == 0
-    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("final.pt")} == stamps
+    stamps = {p: p.stat().st_mtime_ns for p in [*(out / "runs").rglob("final.pt"), *(out / "notebooks").glob("*.ipynb")]}
+    again = cli("reproduce", "--budget", "smoke", "--datasets", "digits", "--strategies", "none,lwcc", "--seeds", "0", "1",
+                "--out", str(out), "--quiet")
+    assert again.returncode == 0 and again.stdout.startswith("already finished") and summary in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no run trained, no notebook executed again
 
 
 @pytest.mark.parametrize("args,needle", [
