@@ -25,9 +25,10 @@ from .transfer import run_transfer, transfer_config_from
 from .sparse import run_sparse, sparse_config
 
 # %% auto #0
-__all__ = ['DATASET_PRESETS', 'TRANSFER_TARGETS', 'KERNEL_ARGUMENTS', 'grid_configs', 'check_data', 'usable_cores',
-           'check_workers', 'dask_client', 'WorkerLostError', 'run_jobs', 'transfer_targets', 'run_transfer_grid',
-           'sparse_configs', 'run_sparse_grid', 'run_grid', 'ReproduceError', 'experiments_dir', 'execute', 'reproduce']
+__all__ = ['DATASET_PRESETS', 'TRANSFER_TARGETS', 'NOTEBOOK_PARAMETERS', 'KERNEL_ARGUMENTS', 'grid_configs', 'check_data',
+           'NotebookParameterError', 'check_parameters', 'usable_cores', 'check_workers', 'dask_client',
+           'WorkerLostError', 'run_jobs', 'transfer_targets', 'run_transfer_grid', 'sparse_configs', 'run_sparse_grid',
+           'run_grid', 'ReproduceError', 'experiments_dir', 'execute', 'reproduce']
 
 # %% ../nbs/10_reproduce.ipynb #a1fc49d3
 DATASET_PRESETS = {"mnist": "mnist_lenet", "fashion_mnist": "fashion_mnist_lenet", "cifar10": "cifar10_resnet18",
@@ -55,6 +56,51 @@ def grid_configs(datasets, strategies, seeds, budget: str = "quick", rounds: int
 def check_data(datasets, data_root=None, download: bool = False):
     "Raise `DatasetNotFoundError` for the first dataset whose files are missing (loads each test split)."
     for d in datasets: load_in_memory(d, train=False, root=data_root, download=download)
+
+# %% ../nbs/10_reproduce.ipynb #94bb0747
+NOTEBOOK_PARAMETERS: dict[str, dict[str, str]] = {  # name -> kind, per experiment notebook
+    "lottery_grid": dict(dataset="str", strategies="strategies", seeds="ints", budget="str", rounds="int?", data_root="str?",
+                         runs="str", device="str", download="bool", workers="int", scheduler="str?"),
+    "transfer_grid": dict(dataset="str", strategies="strategies", seeds="ints", budget="str", rounds="int?", data_root="str?",
+                          runs="str", transfer="str", device="str", download="bool", workers="int", scheduler="str?"),
+    "sparse_grid": dict(dataset="str", sparsities="floats", methods="strs", seeds="ints", budget="str", data_root="str?",
+                        sparse="str", device="str", download="bool", workers="int", scheduler="str?"),
+    "figures": dict(runs="str", out="str"),
+}
+
+class NotebookParameterError(ValueError):
+    "A papermill parameter that an experiment notebook does not have, or a value of the wrong kind."
+
+def _as_kind(name: str, value, kind: str):
+    "`value` as `kind`, or a `NotebookParameterError` that says what was expected."
+    def fail(what): raise NotebookParameterError(f"parameter {name}={value!r}: expected {what}")
+    optional, kind = kind.endswith("?"), kind.rstrip("?")
+    if optional and value is None: return None
+    if kind in ("strs", "strategies", "ints", "floats"):
+        items = value.replace(",", " ").split() if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+        if kind == "strategies" and list(items) == ["all"]: return list(STRATEGIES)
+        conv = {"ints": int, "floats": float}.get(kind, str)
+        what = {"ints": "integers", "floats": "numbers"}.get(kind, "names") + ", as a list or space-separated"
+        if any(isinstance(v, bool) or (kind == "ints" and isinstance(v, float)) for v in items): fail(what)
+        try: return [conv(v) for v in items]
+        except (TypeError, ValueError): fail(what)
+    if kind == "str": return value if isinstance(value, str) else fail("a string")
+    if kind == "bool": return value if isinstance(value, bool) else fail("True or False")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int): fail("an integer")
+        return value
+    raise ValueError(f"unknown parameter kind {kind!r}")
+
+def check_parameters(namespace: dict, notebook: str) -> dict:
+    "The parameters of experiment `notebook` found in `namespace` (a notebook's globals), normalised; unknown names and bad kinds refused."
+    spec = NOTEBOOK_PARAMETERS[notebook]
+    ip = namespace.get("get_ipython")
+    if callable(ip) and ip() is not None: ip().run_line_magic("xmode", "Minimal")  # an error here is one line, not a traceback
+    hidden = set(getattr(ip(), "user_ns_hidden", {})) if callable(ip) and ip() is not None else set()
+    unknown = sorted(k for k, v in namespace.items() if k not in spec and k not in hidden and not k.startswith("_")
+                     and not callable(v) and type(v).__name__ != "module")
+    if unknown: raise NotebookParameterError(f"{notebook}.ipynb has no parameter {', '.join(map(repr, unknown))}; its parameters are: {', '.join(spec)}")
+    return {k: _as_kind(k, namespace[k], kind) for k, kind in spec.items() if k in namespace}
 
 # %% ../nbs/10_reproduce.ipynb #18b77b97
 def usable_cores() -> int:

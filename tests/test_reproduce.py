@@ -106,3 +106,26 @@ def test_summary_table_and_load_results(tmp_path):
     x = df[(df.strategy == "lwcc") & (df["round"] == 0)].accuracy
     assert t[(t.strategy == "lwcc") & (t["round"] == "dense")].accuracy.item() == f"{x.mean():.4f} ± {x.std(ddof=0):.4f}"
     assert load_results(tmp_path).empty
+
+
+def run_grid_notebook(tmp_path, **parameters):
+    return pm.execute_notebook(str(experiments_dir() / "lottery_grid.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                               parameters=dict(runs=str(tmp_path / "runs"), budget="smoke", **parameters), progress_bar=False)
+
+
+def test_papermill_string_parameters_are_lists_not_letters(tmp_path):
+    "`papermill ... -p strategies none -p seeds 1` passes strings and numbers: they mean one strategy and one seed."
+    run_grid_notebook(tmp_path, dataset="digits", strategies="none", seeds=1, rounds=0)
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].startswith("digits_lenet-none-seed1-")
+
+
+@pytest.mark.parametrize("parameters,needle", [(dict(datasett="mnist"), "lottery_grid.ipynb has no parameter 'datasett'; its parameters are: dataset,"),
+                                               (dict(seeds="zero"), "parameter seeds='zero': expected integers"),
+                                               (dict(download="yes"), "parameter download='yes': expected True or False")])
+def test_papermill_misspelled_or_bad_parameters_stop_with_one_line(tmp_path, parameters, needle):
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        run_grid_notebook(tmp_path, **parameters)
+    assert e.value.ename == "NotebookParameterError" and needle in e.value.evalue
+    assert len("".join(e.value.traceback).strip().splitlines()) <= 2  # the message, not a traceback
+    assert not (tmp_path / "runs").exists()
