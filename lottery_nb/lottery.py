@@ -407,6 +407,7 @@ def _train_round(run, cfg, r, model, strat, train, test_loader, mask, start, dev
             save_torch({"training": training_state(model, optimizer, scheduler, loader), **state, "step": step[0],
                         "seconds": time.perf_counter() - t0, **extra}, ckpt_file)
             LAST_CHECKPOINT.update(run=str(run.path), round=r, epoch=epoch + 1, epochs=p.epochs)
+            save_json({"round": r, "epoch": epoch + 1, "epochs": p.epochs}, run.path / "progress.json")  # for a grid's progress bar
         fit(model, loader, p.epochs, optimizer, loss_fn=mt.wrap_loss(strat) if hasattr(mt, "wrap_loss") else strat,
             scheduler=scheduler, eval_loader=test_loader if p.eval_every_epoch else None, start_epoch=state["epoch"],
             before_step=getattr(mt, "before_step", None), after_step=after_step, after_epoch=after_epoch, progress=progress,

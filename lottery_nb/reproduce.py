@@ -5,6 +5,7 @@
 # %% ../nbs/10_reproduce.ipynb #61b5f8fb
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sys
@@ -217,28 +218,49 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd=None):
         raise ReproduceError(f"{notebook.name} failed ({e.ename}: {e.evalue}); the executed notebook with the error is {output}") from None
 
 # %% ../nbs/10_reproduce.ipynb #1f095a63
-def _grid_runs(out: Path, grid: dict, sparse_grid: dict) -> list[tuple[Path, int]]:
-    "Every run directory of the reproduction with its last round: lottery, transfer and sparse runs."
-    todo = [(out / "runs" / cfg.run_name, n) for configs in grid.values() for cfg, n in configs]
-    todo += [(out / "transfer" / cfg.run_name, n) for configs in transfer_targets(grid).values() for cfg, n in configs]
-    return todo + [(out / "sparse" / cfg.run_name, 0) for configs in sparse_grid.values() for cfg, _ in configs]
+def _grid_runs(out: Path, grid: dict, sparse_grid: dict) -> list[tuple[Path, int, int]]:
+    "Every run directory of the reproduction with its last round and its epochs per round: lottery, transfer and sparse runs."
+    todo = [(out / "runs" / cfg.run_name, n, cfg.preset.epochs) for configs in grid.values() for cfg, n in configs]
+    todo += [(out / "transfer" / cfg.run_name, n, cfg.preset.epochs) for configs in transfer_targets(grid).values() for cfg, n in configs]
+    return todo + [(out / "sparse" / cfg.run_name, 0, cfg.preset.epochs) for configs in sparse_grid.values() for cfg, _ in configs]
+
+def _grid_progress(todo: list[tuple[Path, int, int]]) -> tuple[int, str]:
+    "Epochs trained over the whole grid (finished rounds, and the epochs of rounds under way), and the run most recently at work."
+    done, latest, when = 0, "", 0.0
+    for path, n, epochs in todo:
+        if not path.exists(): continue
+        run = RunDir(path)
+        finished = min(len(run.finished_rounds()), n + 1)
+        done += finished * epochs
+        f = path / "progress.json"
+        if finished == n + 1 or not f.exists(): continue
+        try: at = json.loads(f.read_text())
+        except (json.JSONDecodeError, OSError): continue
+        if run.done(at["round"]): continue  # between rounds
+        done += at["epoch"]
+        if f.stat().st_mtime > when: latest, when = f"{path.name}: round {at['round']}, epoch {at['epoch']}/{at['epochs']}", f.stat().st_mtime
+    return done, latest
 
 def _already_finished(out: Path, grid: dict, sparse_grid: dict) -> bool:
     "Every run finished, and the summary written after the last of them: nothing to run, nothing to draw again."
     summary = out / "summary.md"
     if not summary.exists() or not (out / "results.csv").exists(): return False
     runs = _grid_runs(out, grid, sparse_grid)
-    if not all(RunDir(p).done(r) for p, n in runs for r in range(n + 1)): return False
-    newest = max((f.stat().st_mtime for p, _ in runs for f in p.glob("round_*/metrics.json")), default=0)
+    if not all(RunDir(p).done(r) for p, n, _ in runs for r in range(n + 1)): return False
+    newest = max((f.stat().st_mtime for p, _, _ in runs for f in p.glob("round_*/metrics.json")), default=0)
     return summary.stat().st_mtime >= newest
 
 def _watch(out: Path, grid: dict, sparse_grid: dict, stop: threading.Event, progress: bool):
     from lottery_nb.training import tqdm
     todo = _grid_runs(out, grid, sparse_grid)
-    count = lambda: sum(min(len(RunDir(p).finished_rounds()), n + 1) if p.exists() else 0 for p, n in todo)
-    with tqdm(total=sum(n + 1 for _, n in todo), initial=count(), desc="grid (rounds)", unit="round", disable=not progress) as bar:
-        while not stop.wait(1.0): bar.update(count() - bar.n)
-        bar.update(count() - bar.n)
+    total = sum((n + 1) * epochs for _, n, epochs in todo)
+    with tqdm(total=total, initial=_grid_progress(todo)[0], desc=f"grid of {len(todo)} runs", unit="epoch", disable=not progress) as bar:
+        while True:
+            stopping = stop.wait(1.0)
+            done, latest = _grid_progress(todo)
+            bar.update(done - bar.n)
+            bar.set_postfix_str(latest, refresh=False)  # the run at work (none between runs and at the end)
+            if stopping: break
 
 def reproduce(datasets, strategies=tuple(STRATEGIES), seeds=(0,), budget: str = "quick", out="repro", rounds: int | None = None,
               data_root=None, device: str = "auto", download: bool = False, progress: bool = True, sparsities=(),

@@ -164,3 +164,16 @@ def test_a_finished_run_says_so_instead_of_reprinting(tmp_path):
     assert first.returncode == 0 and "accuracy" in first.stdout
     again = cli(*RUN, "--out", str(tmp_path))
     assert again.returncode == 0 and again.stdout.startswith("already finished: ") and "accuracy" not in again.stdout
+
+
+def test_grid_progress_counts_epochs_and_names_the_run_at_work(tmp_path):
+    "The reproduction's bar counts epochs over the whole grid (finished rounds and the round under way) and shows the run at work."
+    from lottery_nb.reproduce import _grid_progress
+    run = run_lottery("digits_lenet", "none", rounds=1, budget="smoke", out_dir=tmp_path, progress=False)  # 2 rounds of 3 epochs
+    at = json.loads((run.path / "progress.json").read_text())
+    assert at == {"round": 1, "epoch": 3, "epochs": 3}  # written by the run after each epoch
+    todo = [(run.path, 2, 3), (tmp_path / "not-started", 2, 3)]
+    assert _grid_progress(todo) == (6, "")  # two finished rounds; nothing under way
+    (run.path / "progress.json").write_text(json.dumps({"round": 2, "epoch": 2, "epochs": 3}))  # round 2 at epoch 2
+    done, latest = _grid_progress(todo)
+    assert done == 8 and latest == f"{run.path.name}: round 2, epoch 2/3"
