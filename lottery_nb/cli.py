@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lottery_nb: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        import logging
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # papermill's cut-short cell task, reported again at exit
         print(f"lottery_nb: interrupted; {_resume_hint()}", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
     return 0

@@ -127,11 +127,16 @@ def dask_client(address: str):
 class WorkerLostError(RuntimeError):
     "Local worker processes died more often than `run_jobs` may restart them; the finished work is kept."
 
+def _quiet_on_ctrl_c():
+    "In a pool worker: Ctrl-C ends the process at once and silently (its run resumes from the last epoch checkpoint; the parent says so)."
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
 def _run_pool(jobs: list[tuple[str, Callable, dict]], workers: int, retries: int) -> list:
     "`jobs` on a pool of `workers` spawned processes; a pool broken by a dying worker is replaced and its unfinished jobs rerun."
     threads, results, todo = max(1, usable_cores() // workers), {}, list(range(len(jobs)))
     for attempt in range(retries + 1):
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_on_ctrl_c) as pool:
             futures = {i: pool.submit(_call, jobs[i][1], jobs[i][2], threads) for i in todo}
             lost = []
             for i, f in futures.items():
@@ -204,16 +209,26 @@ def experiments_dir() -> Path:
         raise ReproduceError(f"the experiment notebooks are not in {d}: install lottery_nb from a checkout of its repository with `pip install -e .`")
     return d
 
-# The kernel on this machine's loopback interface: its warning about TCP without encryption is noise in a terminal
-# (errors are still logged)
-KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# The kernel's own log (its warning about TCP without encryption on the loopback interface, its socket errors when
+# Ctrl-C stops the reproduction) is noise in a terminal; errors in the notebook's cells reach papermill, not this log.
+# What the kernel and its worker processes write to stderr goes to notebooks/kernels.log beside the executed notebooks.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
+
+def _logged_kernel_manager(log: Path):
+    "A kernel manager whose kernel (and the processes it starts) write their stderr to `log`, not to the terminal."
+    from jupyter_client import AsyncKernelManager
+    class LoggedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            with open(log, "ab") as f:  # the kernel keeps its own descriptor
+                return await super().start_kernel(**{"stderr": f, **kw})
+    return LoggedKernelManager
 
 def execute(notebook: Path, output: Path, parameters: dict, cwd=None):
     "Run `notebook` with papermill into `output`; a failure becomes one `ReproduceError` naming the cell's error."
     import papermill as pm
     output.parent.mkdir(parents=True, exist_ok=True)
     try: pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3", progress_bar=False, cwd=cwd,
-                             extra_arguments=KERNEL_ARGUMENTS)
+                             extra_arguments=KERNEL_ARGUMENTS, kernel_manager_class=_logged_kernel_manager(output.parent / "kernels.log"))
     except pm.PapermillExecutionError as e:
         raise ReproduceError(f"{notebook.name} failed ({e.ename}: {e.evalue}); the executed notebook with the error is {output}") from None
 

@@ -1,6 +1,7 @@
 """A new user's first hour (issue 17): the README's main job shows the methods working, and says which runs to
 distrust; status finds runs anywhere under a folder; Ctrl-C ends with one line and exit code 130."""
 import json
+import os
 import re
 import signal
 from pathlib import Path
@@ -177,3 +178,42 @@ def test_grid_progress_counts_epochs_and_names_the_run_at_work(tmp_path):
     (run.path / "progress.json").write_text(json.dumps({"round": 2, "epoch": 2, "epochs": 3}))  # round 2 at epoch 2
     done, latest = _grid_progress(todo)
     assert done == 8 and latest == f"{run.path.name}: round 2, epoch 2/3"
+
+
+def test_ctrl_c_in_a_parallel_reproduction_is_one_line_and_leaves_nothing_running(tmp_path):
+    "Ctrl-C reaches the whole foreground process group: the command, and its pool workers; one line, exit 130, then the same command finishes."
+    import os, subprocess, time
+    import psutil
+    from helpers import exe
+    out = tmp_path / "repro"
+    args = [exe(), "reproduce", "--budget", "quick", "--datasets", "digits", "--strategies", "none,lwcc,vwcc,mda", "--seeds", "0",
+            "--workers", "2", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)  # a terminal's group
+    try:
+        t0 = time.time()
+        while not list(out.glob("runs/*/round_01/checkpoint.pt")):
+            assert proc.poll() is None and time.time() - t0 < 300, proc.stderr.read() if proc.poll() is not None else "no checkpoint"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["lottery_nb: interrupted; nothing was lost: the same command resumes where the work stopped "
+                                        "(finished rounds and epoch checkpoints are kept)"], err
+    time.sleep(1)
+    left = [p for p in psutil.process_iter(["pid"]) if _session(p) == proc.pid]
+    assert not left, f"processes of the interrupted command still running: {left}"
+    again = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(pd_read(out / "results.csv")) == 4 * 5  # four runs, rounds 0-4
+
+
+def _session(p):
+    try: return os.getsid(p.pid)
+    except (ProcessLookupError, PermissionError): return None
+
+
+def pd_read(path):
+    import pandas as pd
+    return pd.read_csv(path)
