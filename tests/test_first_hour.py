@@ -217,3 +217,10 @@ def _session(p):
 def pd_read(path):
     import pandas as pd
     return pd.read_csv(path)
+
+
+def test_readme_says_how_to_open_the_chapters_and_how_a_cpu_only_machine_installs():
+    readme = (REPO / "README.md").read_text()
+    assert 'pip install -e ".[jupyter]" && jupyter lab nbs/' in readme  # the extra exists: see the import test above
+    cpu = next(l for l in readme.splitlines() if "download.pytorch.org/whl/cpu" in l)
+    assert cpu.startswith("pip install") and "torch>=2.14" in cpu and "torchvision>=0.29" in cpu and cpu.endswith("pip install -e .")
