@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .lottery import RunDir, _readable_json
+from .lottery import _readable_json, find_runs
 
 # %% auto #0
 __all__ = ['RESULT_COLUMNS', 'STRATEGY_STYLE', 'METRIC_LABELS', 'DATASET_LABELS', 'FIGURES', 'FIGURE_TITLES', 'TS_METRICS',
@@ -28,14 +28,14 @@ def load_results(*folders) -> pd.DataFrame:
     "One row per (run, finished round) of every run directory under `folders`."
     rows = []
     for folder in folders:
-        for cfg_file in sorted(Path(folder).glob("**/config.json")):
-            run, cfg = cfg_file.parent, json.loads(cfg_file.read_text())["config"]
+        for run in find_runs(folder):
+            cfg = run.read_config()["config"]
             tr, sp = cfg.get("transfer"), cfg.get("sparse")
             ident = {"dataset": cfg["preset"]["dataset"], "preset": cfg["preset"]["name"], "model": cfg["preset"]["model"],
-                     "strategy": cfg["strategy"], "seed": cfg["seed"], "epochs": cfg["preset"]["epochs"], "run": run.name,
+                     "strategy": cfg["strategy"], "seed": cfg["seed"], "epochs": cfg["preset"]["epochs"], "run": run.path.name,
                      "kind": "transfer" if tr else "sparse" if sp else "lottery", "source_strategy": tr["source_strategy"] if tr else None,
                      "transfer_loss": tr["loss"] if tr else None, "method": sp["method"] if sp else "imp"}
-            for r in RunDir(run).round_metrics():  # an unreadable metrics.json stops here, with the file named and the fix
+            for r in run.round_metrics():  # an unreadable metrics.json stops here, with the file named and the fix
                 rows.append({**ident, **{k: v for k, v in r.items() if k not in ("sparsity", "class_accuracy")}})
     df = pd.DataFrame(rows, columns=None if rows else RESULT_COLUMNS)
     return df.sort_values(["dataset", "strategy", "seed", "round"], ignore_index=True) if rows else df
@@ -232,17 +232,17 @@ def run_checks(*folders, tol: float = 0.01, tail: float = 0.25) -> pd.DataFrame:
     "Per run under `folders`: rounds with dead classes, and rounds whose accuracy rose by more than `tol` over the last `tail` of their epochs."
     rows = []
     for folder in folders:
-        for cfg_file in sorted(Path(folder).glob("**/config.json")):
-            run, cfg = cfg_file.parent, json.loads(cfg_file.read_text())["config"]
+        for run in find_runs(folder):
+            cfg = run.read_config()["config"]
             dead, rising = [], []
-            for r in RunDir(run).round_metrics():
+            for r in run.round_metrics():
                 if r.get("dead_classes", 0) > 0: dead.append(f"{r['round']} ({r['dead_classes']})")
-                hf = RunDir(run).round_dir(r["round"]) / "history.json"
+                hf = run.round_dir(r["round"]) / "history.json"
                 h = json.loads(hf.read_text()) if _readable_json(hf) else []
                 acc = [e["accuracy"] for e in h if "accuracy" in e]
                 if len(acc) >= 4 and acc[-1] - acc[-1 - max(1, round(tail * len(acc)))] > tol: rising.append(str(r["round"]))
             if dead or rising:
-                rows.append({"run": run.name, "strategy": cfg["strategy"], "seed": cfg["seed"],
+                rows.append({"run": run.path.name, "strategy": cfg["strategy"], "seed": cfg["seed"],
                              "dead classes in rounds": ", ".join(dead), "still improving in rounds": ", ".join(rising)})
     return pd.DataFrame(rows, columns=["run", "strategy", "seed", "dead classes in rounds", "still improving in rounds"])
 

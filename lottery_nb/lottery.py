@@ -34,7 +34,7 @@ from .training import (evaluate, fit, get_device, load_training_state, make_opti
 __all__ = ['LENET_PRUNING', 'PRESETS', 'BUDGETS', 'HALF_PRESETS', 'LOCK_FILE', 'LAST_CHECKPOINT', 'METRIC_COLUMNS', 'NOT_IN_CSV',
            'STATUS_METRICS', 'CONVERGENCE_COLUMNS', 'Preset', 'validate_preset', 'get_preset', 'LotteryConfig',
            'RunDirError', 'atomic_write', 'save_torch', 'save_json', 'load_torch', 'versions', 'RunDir', 'run_data',
-           'build_model', 'run_lottery', 'use_amp', 'use_channels_last', 'round_model', 'run_status',
+           'build_model', 'run_lottery', 'use_amp', 'use_channels_last', 'round_model', 'find_runs', 'run_status',
            'convergence_table']
 
 # %% ../nbs/06_lottery.ipynb #ac78749f
@@ -472,16 +472,20 @@ def round_model(run, r: int) -> torch.nn.Module:
 # %% ../nbs/06_lottery.ipynb #0390f29a
 STATUS_METRICS = ("accuracy", "ece", "confidence", "gap", "dead_classes", "ts_ece")  # of the last finished round
 
+def find_runs(*folders) -> list[RunDir]:
+    "Every run directory (a folder that holds a config.json) anywhere under `folders`, in sorted order."
+    return [RunDir(f.parent) for folder in folders for f in sorted(Path(folder).glob("**/config.json"))]
+
 def run_status(out_dir) -> list[dict]:
     "One row per run directory anywhere under `out_dir`: configuration, rounds done, the round in progress, the latest metrics."
     rows = []
-    for d in sorted(Path(out_dir).glob("**/config.json")):
-        run = RunDir(d.parent)
+    for run in find_runs(out_dir):
+        name = str(run.path.relative_to(out_dir))
         try: c = run.read_config()["config"]
-        except (RunDirError, KeyError, TypeError): rows.append({"run": str(d.parent.relative_to(out_dir)), "damaged": "config.json"}); continue
+        except (RunDirError, KeyError, TypeError): rows.append({"run": name, "damaged": "config.json"}); continue
         done = run.finished_rounds()
         ck = sorted(run.path.glob("round_*/checkpoint.pt"))
-        row = {"run": str(d.parent.relative_to(out_dir)), "preset": c["preset"]["name"], "strategy": c["strategy"], "seed": c["seed"],
+        row = {"run": name, "preset": c["preset"]["name"], "strategy": c["strategy"], "seed": c["seed"],
                "rounds done": len(done), "in progress": ""}
         broken = [f"round_{r:02d}/metrics.json" for r in run.unreadable_rounds()]
         if broken: row["damaged"] = ", ".join(broken) + " (the same run command rebuilds it)"
@@ -501,8 +505,9 @@ def convergence_table(folder, epochs=(3, 10, 20, 60), columns=CONVERGENCE_COLUMN
     "Test metrics of the dense round of every run under `folder` after each of `epochs` (from `history.json`)."
     import pandas as pd
     rows = []
-    for f in sorted(Path(folder).glob("**/round_00/history.json")):
-        c = RunDir(f.parents[1]).read_config()["config"]
+    for run in find_runs(folder):
+        f, c = run.round_dir(0) / "history.json", run.read_config()["config"]
+        if not f.exists(): continue
         hparams = ", ".join(f"{k}={v}" for k, v in sorted(c["strategy_hparams"].items()))
         for h in json.loads(f.read_text()):
             if h["epoch"] in epochs:

@@ -5,14 +5,12 @@ for the results page: nbs/results/<name>_reliability.csv.
 
 Each run's round models are rebuilt from their folders (`round_model`) and evaluated on the preset's test set."""
 import argparse
-import json
-from pathlib import Path
 
 import pandas as pd
 
 from lottery_nb.data import BatchLoader
 from lottery_nb.figures import reliability_rows
-from lottery_nb.lottery import LotteryConfig, RunDir, round_model, run_data
+from lottery_nb.lottery import LotteryConfig, find_runs, round_model, run_data
 from lottery_nb.training import predict
 
 if __name__ == "__main__":
@@ -23,9 +21,8 @@ if __name__ == "__main__":
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     rows, tests = [], {}
-    for cfg_file in sorted(Path(args.runs).glob("*/config.json")):
-        run = RunDir(cfg_file.parent)
-        cfg = LotteryConfig.from_dict(json.loads(cfg_file.read_text())["config"])
+    for run in find_runs(args.runs):
+        cfg = LotteryConfig.from_dict(run.read_config()["config"])
         done = run.finished_rounds()
         if cfg.seed != args.seed or not done: continue
         if cfg.preset.dataset not in tests: tests[cfg.preset.dataset] = run_data(cfg.preset, args.data_root)[1]
