@@ -19,7 +19,7 @@ __all__ = ['RESULT_COLUMNS', 'STRATEGY_STYLE', 'METRIC_LABELS', 'DATASET_LABELS'
            'load_results', 'style', 'strategy_order', 'off_scale', 'plot_metric', 'synthetic_results', 'metric_grid',
            'transfer_view', 'transfer_figure', 'sparse_view', 'sparse_figure', 'paper_figures', 'summary_table',
            'to_markdown', 'run_checks', 'checks_markdown', 'with_temperature_scaled', 'paired_differences', 'verdict',
-           'verdict_over', 'claim_table', 'reliability_rows', 'bins_from_rows']
+           'verdict_over', 'claim_table', 'plot_differences', 'reliability_rows', 'bins_from_rows']
 
 # %% ../nbs/09_figures.ipynb #27161d6d
 RESULT_COLUMNS = ["dataset", "preset", "model", "strategy", "seed", "round", "remaining", "accuracy", "ece", "mce", "nll", "brier"]
@@ -307,6 +307,28 @@ def claim_table(df: pd.DataFrame, metric: str, better: str, rounds=None, baselin
     cols = ["dataset", "strategy", "seeds", "rounds", f"mean Δ{metric}", "holds", "does not hold", "inconclusive", "verdict"]
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["dataset", "strategy"], key=lambda c: c.map(order) if c.name == "strategy" else c, ignore_index=True)
+
+# %% ../nbs/09_figures.ipynb #7f2329f7
+def plot_differences(df: pd.DataFrame, metric: str, baseline: str = "none", ax=None, title: str | None = None, better: str | None = None):
+    "Paired difference (strategy − `baseline`, same seed) of `metric` per round, with its 95% interval as a band, against % weights remaining."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(5, 3.6))
+    d = paired_differences(df, metric, baseline)
+    for s in strategy_order(d):
+        g, st = d[d.strategy == s].sort_values("remaining", ascending=False), style(s)
+        ax.plot(g.remaining, g["diff"], marker="o", ms=3.5, lw=1.5, color=st["color"], label=st["label"])
+        finite = np.isfinite(g.lo) & np.isfinite(g.hi)
+        ax.fill_between(g.remaining[finite], g.lo[finite], g.hi[finite], color=st["color"], alpha=0.15, lw=0)
+    ax.axhline(0, color="black", lw=1.2)
+    ax.set_xscale("log"); ax.invert_xaxis(); ax.minorticks_off()
+    levels = np.sort(d.remaining.unique())[::-1]
+    ticks = levels[:: max(1, -(-len(levels) // 7))]
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    side = f" ({better} is better)" if better else ""
+    ax.set(xlabel="% weights remaining (log scale)", ylabel=f"Δ {METRIC_LABELS.get(metric, metric)} vs {style(baseline)['label']}{side}", title=title or "")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return ax
 
 # %% ../nbs/09_figures.ipynb #e2a34ea2
 def reliability_rows(probs, labels, n_bins: int = 15, **ident) -> list[dict]:
