@@ -65,7 +65,7 @@ def test_status_finds_runs_anywhere_under_the_folder(tmp_path):
 
 def test_ctrl_c_says_where_the_run_resumes_and_exits_130(tmp_path):
     out = tmp_path / "runs"
-    with background_cli("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smoke", "--set", "epochs=400",
+    with background_cli("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smoke", "--set", "epochs=100",
                         "--rounds", "0", "--out", str(out), "--quiet") as proc:
         wait_until(lambda: list(out.glob("*/round_00/checkpoint.pt")), proc, "an epoch checkpoint")
         proc.send_signal(signal.SIGINT)
@@ -73,9 +73,9 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(tmp_path):
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert re.match(r"lottery_nb: interrupted; the same command resumes round 0 after epoch \d+ of 400 \(.*digits_lenet-none-seed0-", lines[0]), lines[0]
+    assert re.match(r"lottery_nb: interrupted; the same command resumes round 0 after epoch \d+ of 100 \(.*digits_lenet-none-seed0-", lines[0]), lines[0]
     # and it does: the same command finishes the round from that epoch on
-    r = cli("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smoke", "--set", "epochs=400", "--rounds", "0",
+    r = cli("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smoke", "--set", "epochs=100", "--rounds", "0",
             "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     m = json.loads(next(out.glob("*/round_00/metrics.json")).read_text())
