@@ -458,7 +458,8 @@ def _write_metrics_csv(run: RunDir, repair: bool = False):
     old = f.read_bytes() if f.exists() else None
     if old == text.encode(): return
     atomic_write(f, lambda out: out.write(text.encode()))
-    if repair and old is not None: print(f"lottery_nb: {f} was incomplete or damaged; rebuilt it from the rounds' metrics.json", file=sys.stderr)
+    damaged = old is not None and (not old.endswith(b"\n") or old.count(b"\n") != len(rows) + 1)  # else: columns of an older version
+    if repair and damaged: print(f"lottery_nb: {f} was incomplete or damaged; rebuilt it from the rounds' metrics.json", file=sys.stderr)
 
 # %% ../nbs/06_lottery.ipynb #28edc35c
 def round_model(run, r: int) -> torch.nn.Module:
