@@ -207,8 +207,9 @@ def versions() -> dict:
 LOCK_FILE = ".lock"
 
 def _readable_json(path: Path) -> bool:
+    "Whether `path` exists and holds valid JSON."
     try: json.loads(Path(path).read_text()); return True
-    except (json.JSONDecodeError, UnicodeDecodeError): return False
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError): return False
 
 def _unreadable_metrics(path: Path) -> str:
     return (f"{path} is unreadable (truncated or corrupt). Run the same `lottery_nb run` (or `reproduce`) command again: "
@@ -218,7 +219,7 @@ class RunDir:
     "The files of one run (see the layout above)."
     def __init__(self, path: Path): self.path = Path(path)
     def round_dir(self, r: int) -> Path: return self.path / f"round_{r:02d}"
-    def done(self, r: int) -> bool: return r in self.finished_rounds()
+    def done(self, r: int) -> bool: return _readable_json(self.round_dir(r) / "metrics.json")
 
     def _rounds_with_metrics(self) -> list[int]:
         return sorted(int(p.name[6:]) for p in self.path.glob("round_*") if (p / "metrics.json").exists())

@@ -95,9 +95,9 @@ def _as_kind(name: str, value, kind: str):
 def check_parameters(namespace: dict, notebook: str) -> dict:
     "The parameters of experiment `notebook` found in `namespace` (a notebook's globals), normalised; unknown names and bad kinds refused."
     spec = NOTEBOOK_PARAMETERS[notebook]
-    ip = namespace.get("get_ipython")
-    if callable(ip) and ip() is not None: ip().run_line_magic("xmode", "Minimal")  # an error here is one line, not a traceback
-    hidden = set(getattr(ip(), "user_ns_hidden", {})) if callable(ip) and ip() is not None else set()
+    shell = namespace["get_ipython"]() if callable(namespace.get("get_ipython")) else None
+    if shell is not None: shell.run_line_magic("xmode", "Minimal")  # an error here is one line, not a traceback
+    hidden = set(getattr(shell, "user_ns_hidden", {}))
     unknown = sorted(k for k, v in namespace.items() if k not in spec and k not in hidden and not k.startswith("_")
                      and not callable(v) and type(v).__name__ != "module")
     if unknown: raise NotebookParameterError(f"{notebook}.ipynb has no parameter {', '.join(map(repr, unknown))}; its parameters are: {', '.join(spec)}")
