@@ -74,7 +74,7 @@ class NotebookParameterError(ValueError):
 
 def _as_kind(name: str, value, kind: str):
     "`value` as `kind`, or a `NotebookParameterError` that says what was expected."
-    def fail(what): raise NotebookParameterError(f"parameter {name}={value!r}: expected {what}")
+    def fail(what): raise NotebookParameterError(f"parameter {name}={value!r}: expected {what}") from None  # not chained to a failed int()
     optional, kind = kind.endswith("?"), kind.rstrip("?")
     if optional and value is None: return None
     if kind in ("strs", "strategies", "ints", "floats"):
