@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from .calibration import get_strategy
-from .data import BatchLoader, InMemoryDataset, get_spec
+from .data import BatchLoader, InMemoryDataset, LotteryError, get_spec
 from .models import get_model, pruning_exclusions
 from .pruning import MaskedTraining, full_mask, prune
-from .lottery import use_amp, use_channels_last
+from .runs import RunContext, use_channels_last
 from .training import evaluate, fit, get_device, make_optimizer
 
 # %% auto #0
@@ -122,7 +122,7 @@ def bench_strategies(n: int = 6_000, batch_size: int = 60, repeat: int = 3, devi
     torch.manual_seed(0)
     net = get_model(model, dropout=0.3, input_shape=get_spec(dataset).input_shape).to(dev)
     if use_channels_last(net, dev): net.to(memory_format=torch.channels_last)  # as the lottery runs train it
-    opt, amp = make_optimizer(net, "adam", 1e-4), use_amp(net, dev)
+    opt, amp = make_optimizer(net, "adam", 1e-4), False  # as the presets train (their `amp` field is off)
     strategies = {"none": get_strategy("none"), "vwcc": get_strategy("vwcc", T=T), "lwcc_si": get_strategy("lwcc_si", T=T)}
     t = alternate({k: (lambda s=s: fit(net, loader, 1, opt, loss_fn=s, progress=False, amp=amp)) for k, s in strategies.items()}, repeat)
     label = "" if model == "lenet_300_100" else f", {model}"
@@ -221,11 +221,11 @@ def bench_memory() -> list[Measure]:
 
 # %% ../nbs/12_bench.ipynb #31e0a3b4
 def _sweep(workers: int, epochs: int) -> float:
-    from lottery_nb.reproduce import run_grid
+    from lottery_nb.reproduce import Grid, run_grid
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
-        run_grid("digits", ["none", "mixup"], [0, 1], "smoke", 1, d, device="cpu", overrides={"epochs": epochs},
-                 progress=False, workers=workers)
+        run_grid(Grid(["digits"], ["none", "mixup"], [0, 1], "smoke", 1, overrides={"epochs": epochs}), "digits", d,
+                 RunContext(device="cpu", progress=False, workers=workers))
         return time.perf_counter() - t
 
 def bench_threads(n: int = 6_000, batch_size: int = 60, repeat: int = 5) -> Measure:
@@ -287,7 +287,7 @@ def run_bench(out=None, device="auto", quick: bool = False, progress: bool = Tru
     "Every measure (`only` some of `BENCH_PARTS`) on the CPU, and on CUDA where present; written as JSON to `out` when given."
     only = list(BENCH_PARTS if not only else only)
     bad = [o for o in only if o not in BENCH_PARTS]
-    if bad: raise ValueError(f"unknown benchmark part {', '.join(map(repr, bad))}; choose from: {', '.join(BENCH_PARTS)}")
+    if bad: raise LotteryError(f"unknown benchmark part {', '.join(map(repr, bad))}; choose from: {', '.join(BENCH_PARTS)}")
     dev, r = get_device(device), (2 if quick else 5)
     n = 6_000 if quick else 12_000
     cpu = {"trainer": lambda: bench_trainer(n, repeat=2 * r),  # steps of ~1 ms: the ratio of the best of 10 is steadier

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import DATASETS, LotteryError, parent_dataset
+
 # %% auto #0
 __all__ = ['LWCC_FORMS', 'DEFAULT_DROPOUT', 'STRATEGIES', 'DATASET_DEFAULTS', 'kl_uniform', 'mean_logprob', 'stochastic_logits',
            'vwcc_loss', 'mixup', 'soft_cross_entropy', 'mda_loss', 'lwcc_loss', 'lwcc_si_loss', 'soft_histogram',
            'nba_weights', 'nba_loss', 'Strategy', 'NoCalibration', 'VWCC', 'Mixup', 'MDA', 'LWCC', 'LWCCSI', 'NBA',
-           'get_strategy']
+           'strategy_names', 'get_strategy']
 
 # %% ../nbs/03_calibration.ipynb #7e9bd839
 def kl_uniform(logp: torch.Tensor) -> torch.Tensor:
@@ -95,7 +97,7 @@ def vwcc_loss(logits_T: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int, generator: torch.Generator | None = None,
           lam: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "Mixed inputs and soft targets (N, K): λ ~ Beta(α, α) (or `lam`), pairs from a random permutation."
-    if alpha <= 0: raise ValueError(f"mixup alpha must be > 0, got {alpha}")
+    if alpha <= 0: raise LotteryError(f"mixup alpha must be > 0, got {alpha}")
     if lam is None:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         lam = float(np.random.default_rng(seed).beta(alpha, alpha))
@@ -137,9 +139,9 @@ def lwcc_si_loss(logits_T: torch.Tensor, y: torch.Tensor, form: str = "convex") 
 # %% ../nbs/03_calibration.ipynb #54aa9f7c
 def soft_histogram(conf: torch.Tensor, n_bins: int = 15, bandwidth: float | None = None) -> torch.Tensor:
     "Differentiable histogram (n_bins,) of values in [0, 1]: Gaussian kernels at the bin centres, normalised per sample."
-    if n_bins < 1: raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    if n_bins < 1: raise LotteryError(f"n_bins must be at least 1, got {n_bins}")
     sigma = 1 / (2 * n_bins) if bandwidth is None else bandwidth
-    if sigma <= 0: raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+    if sigma <= 0: raise LotteryError(f"bandwidth must be > 0, got {bandwidth}")
     centres = (torch.arange(n_bins, dtype=conf.dtype, device=conf.device) + 0.5) / n_bins
     return torch.softmax(-((conf[:, None] - centres) ** 2) / (2 * sigma**2), dim=1).sum(0)
 
@@ -168,12 +170,12 @@ class Strategy:
     _checked: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self): self.validate()
-    def validate(self): "Raise `ValueError` for impossible hyper-parameters."
+    def validate(self): "Raise `LotteryError` for impossible hyper-parameters."
 
     def check_model(self, model: nn.Module):
         "Refuse a model that this strategy cannot train (a stochastic strategy needs dropout)."
         if self.stochastic and not _has_dropout(model):
-            raise ValueError(f"strategy {self.name!r} needs stochastic passes, but the model has no dropout: "
+            raise LotteryError(f"strategy {self.name!r} needs stochastic passes, but the model has no dropout: "
                              f"build it with get_model(..., dropout={DEFAULT_DROPOUT}) or another rate in (0, 1)")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -191,13 +193,13 @@ class Strategy:
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.hparams.items())})"
 
 def _check_T(T: int):
-    if not (isinstance(T, int) and T >= 1): raise ValueError(f"T (number of stochastic passes) must be an integer >= 1, got {T!r}")
+    if not (isinstance(T, int) and T >= 1): raise LotteryError(f"T (number of stochastic passes) must be an integer >= 1, got {T!r}")
 
 def _check_form(form: str):
-    if form not in LWCC_FORMS: raise ValueError(f"unknown LWCC form {form!r}; choose one of: {', '.join(LWCC_FORMS)}")
+    if form not in LWCC_FORMS: raise LotteryError(f"unknown LWCC form {form!r}; choose one of: {', '.join(LWCC_FORMS)}")
 
 def _check_nonneg(name: str, v: float):
-    if not v >= 0: raise ValueError(f"{name} must be >= 0, got {v!r}")
+    if not v >= 0: raise LotteryError(f"{name} must be >= 0, got {v!r}")
 
 # %% ../nbs/03_calibration.ipynb #3a139c68
 @dataclass(repr=False)
@@ -220,7 +222,7 @@ class Mixup(Strategy):
     name: ClassVar[str] = "mixup"
     alpha: float = 0.3  # Beta(alpha, alpha) mixing; the paper's value was lost, 0.2-0.4 calibrate best
     def validate(self):
-        if not self.alpha > 0: raise ValueError(f"mixup alpha must be > 0, got {self.alpha!r}")
+        if not self.alpha > 0: raise LotteryError(f"mixup alpha must be > 0, got {self.alpha!r}")
     def loss(self, model, x, y):
         logits = model(x[:1])  # the number of classes, from the model itself
         xm, t = mixup(x, y, self.alpha, logits.shape[-1])
@@ -263,8 +265,8 @@ class NBA(Strategy):
     bandwidth: float | None = None  # Gaussian kernel sigma; None = half a bin width
     def validate(self):
         _check_nonneg("NBA weight", self.weight)
-        if not (isinstance(self.n_bins, int) and self.n_bins >= 2): raise ValueError(f"NBA n_bins must be an integer >= 2, got {self.n_bins!r}")
-        if self.bandwidth is not None and not self.bandwidth > 0: raise ValueError(f"NBA bandwidth must be > 0, got {self.bandwidth!r}")
+        if not (isinstance(self.n_bins, int) and self.n_bins >= 2): raise LotteryError(f"NBA n_bins must be an integer >= 2, got {self.n_bins!r}")
+        if self.bandwidth is not None and not self.bandwidth > 0: raise LotteryError(f"NBA bandwidth must be > 0, got {self.bandwidth!r}")
     def loss(self, model, x, y):
         logits = model(x)
         return F.cross_entropy(logits, y) + self.weight * nba_loss(logits, self.n_bins, self.bandwidth)
@@ -275,14 +277,19 @@ STRATEGIES: dict[str, type[Strategy]] = {c.name: c for c in (NoCalibration, VWCC
 # hyper-parameters that differ by dataset (the paper's MDA weight on MNIST); halves share their parent's
 DATASET_DEFAULTS: dict[str, dict[str, dict]] = {"mda": {"mnist": {"weight": 0.5}}}
 
-def _base_dataset(name: str | None) -> str | None:
-    return name[:-2] if name and name.endswith(("_a", "_b")) else name
+def strategy_names(names) -> list[str]:
+    "Strategy names as a list (`'all'` for every strategy); an unknown name, or none at all, is a `LotteryError` listing the valid ones."
+    names = list(STRATEGIES) if list(names) == ["all"] or names == "all" else list(names)
+    bad = [n for n in names if n not in STRATEGIES]
+    if bad or not names: raise LotteryError(f"unknown strategy {', '.join(map(repr, bad)) or '(none given)'}; choose from: {', '.join(STRATEGIES)}, or all")
+    return names
 
 def get_strategy(name: str, dataset: str | None = None, **hparams) -> Strategy:
-    "The calibration strategy `name` (see `STRATEGIES`) with its defaults for `dataset`, overridden by `hparams`."
-    if name not in STRATEGIES: raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+    "The calibration strategy `name` (see `STRATEGIES`) with its defaults for `dataset` (a half: its parent's), overridden by `hparams`."
+    (name,) = strategy_names([name])
     cls = STRATEGIES[name]
     valid = [f.name for f in fields(cls) if f.init]
     unknown = sorted(set(hparams) - set(valid))
-    if unknown: raise ValueError(f"strategy {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; valid: {', '.join(valid) or 'none'}")
-    return cls(**{**DATASET_DEFAULTS.get(name, {}).get(_base_dataset(dataset), {}), **hparams})
+    if unknown: raise LotteryError(f"strategy {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; valid: {', '.join(valid) or 'none'}")
+    base = parent_dataset(dataset) if dataset in DATASETS else dataset
+    return cls(**{**DATASET_DEFAULTS.get(name, {}).get(base, {}), **hparams})

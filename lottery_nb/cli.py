@@ -12,12 +12,16 @@ import time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COMMANDS', 'CLIError', 'parse_strategies', 'cmd_demo', 'parse_overrides', 'cmd_run', 'cmd_status', 'cmd_transfer',
+__all__ = ['CONTEXT_OPTIONS', 'COMMANDS', 'CLIError', 'cmd_demo', 'parse_overrides', 'cmd_run', 'cmd_status', 'cmd_transfer',
            'cmd_sparse', 'cmd_reproduce', 'cmd_bench', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #5cd78992
+def _error_type():
+    from lottery_nb.data import LotteryError
+    return LotteryError
+
 class CLIError(Exception):
-    "An error in what the user asked for: reported in one line, exit code 2."
+    "An error in what the user asked for on the command line: reported in one line, exit code 2."
 
 def _positive_int(s: str) -> int:
     v = int(s)
@@ -29,21 +33,50 @@ def _positive_float(s: str) -> float:
     if not v > 0: raise argparse.ArgumentTypeError(f"must be positive, got {s}")
     return v
 
-def _add_common(p: argparse.ArgumentParser):
-    p.add_argument("--data-root", default=None, help="folder of the datasets in torchvision's layout (default: $LOTTERY_NB_DATA, else ~/.cache/lottery_nb/data)")
-    p.add_argument("--download", action="store_true", help="download missing datasets (needs a network)")
-    p.add_argument("--device", default="auto", help="'auto' (CUDA, else MPS, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+def _yes_no(s: str) -> bool:
+    if s.lower() in ("yes", "true", "1", "on"): return True
+    if s.lower() in ("no", "false", "0", "off"): return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {s}")
+
+def _names(values: list[str]) -> list[str]:
+    "A space-separated list from argparse, commas tolerated: ['none,lwcc', 'mda'] -> ['none', 'lwcc', 'mda']."
+    return [n for v in values for n in v.split(",") if n]
+
+CONTEXT_OPTIONS = ("device", "data_root", "download", "progress", "channels_last")  # of every command that trains
+_KIND = {"str": str, "str | None": str, "int": _positive_int, "bool | None": _yes_no}
+
+def _add_context(p: argparse.ArgumentParser, names=CONTEXT_OPTIONS):
+    "Options for the `RunContext` fields `names`, each with its field's comment as help (`progress` as `--quiet`)."
+    from fastcore.docments import docments
+    from lottery_nb.runs import RunContext
+    docs, default, hints = docments(RunContext), RunContext(), {f: t for f, t in RunContext.__annotations__.items()}
+    g = p.add_argument_group("where and how to run (lottery_nb.runs.RunContext)")
+    for name in names:
+        flag, value, doc = "--" + name.replace("_", "-"), getattr(default, name), docs[name]
+        if name == "progress": g.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
+        elif hints[name] == "bool": g.add_argument(flag, action="store_true", help=doc)
+        else: g.add_argument(flag, type=_KIND[hints[name]], default=value, metavar="YES|NO" if hints[name] == "bool | None" else None,
+                             help=doc if value is None else f"{doc} (default: {value})")
+
+def _context(args):
+    "The `RunContext` the parsed options describe."
+    from lottery_nb.runs import RunContext
+    return RunContext(**{k: getattr(args, k) for k in RunContext.__dataclass_fields__ if hasattr(args, k)})
+
+def _fields_help(*classes, strategies: bool = False) -> str:
+    "The fields `--set FIELD=VALUE` accepts, with their comments, generated from the dataclasses that declare them."
+    from fastcore.docments import docments
+    lines = ["fields for --set FIELD=VALUE (JSON values: --set lr=0.001 --set milestones=[40,60]):"]
+    for cls in classes:
+        lines += [f"  {k:<18} {v}" for k, v in docments(cls).items() if k not in ("name", "return", "preset", "strategy", "strategy_hparams", "seed") and v]
+    if strategies:
+        from dataclasses import fields
+        from lottery_nb.calibration import STRATEGIES
+        hp = "; ".join(f"{n}: {', '.join(f.name for f in fields(c) if f.init)}" for n, c in STRATEGIES.items() if any(f.init for f in fields(c)))
+        lines.append(f"  strategy.NAME      a hyper-parameter of the strategy ({hp})")
+    return "\n".join(lines)
 
 # %% ../nbs/11_cli.ipynb #69b8ca86
-def parse_strategies(text: str) -> list[str]:
-    "Strategy names from a comma-separated list, or 'all'; unknown names are refused with the valid ones."
-    from lottery_nb.calibration import STRATEGIES
-    names = list(STRATEGIES) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in STRATEGIES]
-    if bad or not names: raise CLIError(f"unknown strategy {', '.join(map(repr, bad)) or repr(text)}; choose from: {', '.join(STRATEGIES)}, or all")
-    return names
-
 def cmd_demo(args) -> dict:
     "Train LeNet-300-100 briefly on `args.dataset` with each strategy; print and save the reports and reliability diagrams."
     import matplotlib; matplotlib.use("Agg")
@@ -54,7 +87,8 @@ def cmd_demo(args) -> dict:
     from lottery_nb.metrics import calibration_report, reliability_diagram
     from lottery_nb.models import get_model
     from lottery_nb.training import fit, get_device, make_optimizer, predict
-    names, spec, device = parse_strategies(args.strategies), get_spec(args.dataset), get_device(args.device)
+    from lottery_nb.calibration import strategy_names
+    names, spec, device = strategy_names(_names(args.strategies)), get_spec(args.dataset), get_device(args.device)
     train = load_in_memory(args.dataset, True, args.data_root, args.download)
     test = load_in_memory(args.dataset, False, args.data_root, args.download)
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +101,7 @@ def cmd_demo(args) -> dict:
         model = get_model("lenet_300_100", spec.num_classes, strategy.dropout, spec.input_shape).to(device)
         t0 = time.perf_counter()
         fit(model, BatchLoader(train, args.batch_size, shuffle=True, seed=args.seed, device=device), args.epochs,
-            make_optimizer(model, "adam", args.lr), loss_fn=strategy, desc=f"{args.dataset} {name}")
+            make_optimizer(model, "adam", args.lr), loss_fn=strategy, desc=f"{args.dataset} {name}", progress=args.progress)
         seconds = time.perf_counter() - t0
         probs, labels = predict(model, BatchLoader(test, 1000, device=device))
         results[name] = {**calibration_report(probs, labels), "train_seconds": round(seconds, 2), "strategy": repr(strategy)}
@@ -87,7 +121,7 @@ def cmd_demo(args) -> dict:
 
 # %% ../nbs/11_cli.ipynb #259e68fe
 def parse_overrides(items: list[str]) -> tuple[dict, dict]:
-    "`FIELD=VALUE` strings to (preset overrides, strategy hyper-parameters); values are JSON, else plain strings."
+    "`FIELD=VALUE` strings to (field overrides, strategy hyper-parameters); values are JSON, else plain strings."
     preset, strategy = {}, {}
     for item in items or []:
         if "=" not in item: raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
@@ -101,23 +135,18 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
 
 def cmd_run(args):
     "Find lottery tickets for one preset, strategy and seed (resumes an existing run)."
-    from lottery_nb.lottery import LotteryConfig, RunDir, get_preset, run_lottery
+    from lottery_nb.lottery import LotteryRun, lottery_config
     overrides, hparams = parse_overrides(args.set)
-    preset = get_preset(args.preset, args.budget, **overrides)
-    rounds = preset.rounds if args.rounds is None else args.rounds
-    path = Path(args.out) / LotteryConfig(preset, args.strategy, hparams, args.seed).run_name
-    finished = all(RunDir(path).done(r) for r in range(rounds + 1))
-    run = run_lottery(preset, args.strategy, rounds=args.rounds, seed=args.seed, out_dir=args.out, budget=args.budget,
-                      strategy_hparams=hparams, device=args.device, data_root=args.data_root, download=args.download,
-                      progress=not args.quiet)
-    if finished:
-        print(f"already finished: {run.path} ({rounds + 1} rounds); its metrics are in metrics.csv (`lottery_nb status {args.out}`)")
-        return run
-    return _report_run(run, ["round", "remaining", "accuracy", "ece", "nll", "brier", "seconds"])
+    run = LotteryRun(lottery_config(args.preset, args.strategy, args.seed, args.budget, hparams, **overrides), args.rounds, args.out, _context(args))
+    if run.finished():
+        run.run()  # checks the folder's configuration, repairs metrics.csv
+        print(f"already finished: {run.dir.path} ({len(run.rounds)} rounds); its metrics are in metrics.csv (`lottery_nb status {args.out}`)")
+        return run.dir
+    return _report_run(run.run(), ["round", "remaining", "accuracy", "ece", "nll", "brier", "seconds"])
 
 def cmd_status(args):
     "A table of the runs under a folder."
-    from lottery_nb.lottery import run_status
+    from lottery_nb.runs import run_status
     if not Path(args.folder).is_dir(): raise CLIError(f"no such folder: {args.folder}")
     rows = run_status(args.folder)
     if not rows: print(f"no runs under {args.folder}"); return rows
@@ -130,8 +159,7 @@ def cmd_transfer(args):
     overrides, hparams = parse_overrides(args.set)
     if hparams: raise CLIError("--set strategy.* does not apply to transfer: the target loss is --loss ce or --loss source")
     if not Path(args.source).is_dir(): raise CLIError(f"no such run directory: {args.source}")
-    run = run_transfer(args.source, args.target, args.out, args.loss, args.rounds, args.seed, args.device, args.data_root,
-                       args.download, not args.quiet, **overrides)
+    run = run_transfer(args.source, args.target, args.out, args.loss, args.rounds, args.seed, _context(args), **overrides)
     return _report_run(run, ["round", "remaining", "accuracy", "ece", "nll", "brier", "seconds"], "transfer run directory")
 
 def cmd_sparse(args):
@@ -139,16 +167,14 @@ def cmd_sparse(args):
     from lottery_nb.sparse import run_sparse
     overrides, hparams = parse_overrides(args.set)
     if hparams: raise CLIError("--set strategy.* does not apply to sparse training")
-    run = run_sparse(args.preset, args.method, args.sparsity, args.seed, args.out, args.budget, args.device, args.data_root,
-                     args.download, not args.quiet, **overrides)
+    run = run_sparse(args.preset, args.method, args.sparsity, args.seed, args.out, args.budget, _context(args), **overrides)
     return _report_run(run, ["remaining", "accuracy", "ece", "mce", "nll", "brier", "seconds"])
 
 def cmd_reproduce(args):
     "The papers' grid through the experiment notebooks, then figures, results.csv and summary.md."
-    from lottery_nb.reproduce import reproduce
-    paths = reproduce(args.datasets, parse_strategies(args.strategies), args.seeds, args.budget, args.out, args.rounds,
-                      args.data_root, args.device, args.download, progress=not args.quiet, sparsities=args.sparsities,
-                      workers=args.workers, scheduler=args.scheduler)
+    from lottery_nb.reproduce import Grid, reproduce
+    grid = Grid(_names(args.datasets), _names(args.strategies), args.seeds, args.budget, args.rounds, args.sparsities)
+    paths = reproduce(grid, args.out, _context(args))
     if paths["already_finished"]: print(f"already finished: every run of this grid is done and {paths['summary']} is up to date (delete it to draw the figures again)\n")
     print(paths["summary"].read_text())
     print(f"figures: {paths['figures']}\nresults: {paths['results']}\nexecuted notebooks: {paths['notebooks']}")
@@ -157,7 +183,7 @@ def cmd_reproduce(args):
 def cmd_bench(args):
     "The benchmark: our code against plain PyTorch, every figure a ratio; prints a table and writes JSON."
     from lottery_nb.bench import run_bench, format_table
-    result = run_bench(args.out, device=args.device, quick=args.quick, progress=not args.quiet, only=args.only)
+    result = run_bench(args.out, device=args.device, quick=args.quick, progress=args.progress, only=args.only)
     print(format_table(result))
     print(f"written: {args.out}")
     return result
@@ -201,90 +227,85 @@ def _light_parser() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     "The `lottery_nb` argument parser with all subcommands."
+    from lottery_nb.calibration import STRATEGIES
     from lottery_nb.data import DATASETS
+    from lottery_nb.presets import BUDGETS, DATASET_PRESETS, DEFAULT_BUDGET, PRESETS, Preset
+    from lottery_nb.sparse import SparseConfig
+    budget_help = f"{', '.join(BUDGETS)} (default {DEFAULT_BUDGET}; `paper` is exactly the paper; see the presets chapter)"
+    fmt = argparse.RawDescriptionHelpFormatter
     p, sub = _top_parser()
     d = sub.add_parser("demo", help=COMMANDS["demo"],
                        description="Train LeNet-300-100 (Adam, the paper's batch of 60) and report accuracy, ECE, MCE, NLL and Brier on the test set.")
     d.add_argument("--dataset", default="digits", choices=sorted(DATASETS), metavar="NAME", help="dataset (default: digits, which needs no download); one of: " + ", ".join(sorted(DATASETS)))
-    d.add_argument("--strategies", default="none", help="calibration strategies, comma-separated, or 'all' (default: none); stochastic ones get dropout 0.3")
+    d.add_argument("--strategies", nargs="+", default=["none"], metavar="NAME", help="calibration strategies, or all (default: none); stochastic ones get dropout 0.3")
     d.add_argument("--epochs", type=_positive_int, default=10, help="training epochs (default 10)")
     d.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3; the paper's MNIST runs use 1e-4 for 60 epochs)")
     d.add_argument("--batch-size", type=_positive_int, default=60, help="mini-batch size (default 60, as in the paper)")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     d.add_argument("--out", default="demo", help="output folder for report.json and reliability.png (default: demo)")
-    _add_common(d)
+    _add_context(d)
     d.set_defaults(func=cmd_demo)
 
-    from lottery_nb.lottery import BUDGETS, PRESETS
-    from lottery_nb.calibration import STRATEGIES
-    r = sub.add_parser("run", help=COMMANDS["run"],
+    r = sub.add_parser("run", help=COMMANDS["run"], formatter_class=fmt, epilog=_fields_help(Preset, strategies=True),
                        description="Iterative magnitude pruning with rewinding for one preset, strategy and seed. The run "
                                    "directory is named by the hash of the configuration; running the same command again resumes it.")
     r.add_argument("--preset", required=True, choices=list(PRESETS), metavar="NAME", help="one of: " + ", ".join(PRESETS))
     r.add_argument("--strategy", default="none", choices=list(STRATEGIES), metavar="NAME", help="calibration strategy (default none); one of: " + ", ".join(STRATEGIES))
     r.add_argument("--rounds", type=int, default=None, help="pruning rounds after the dense round 0 (default: the budget's)")
-    r.add_argument("--budget", default="paper", choices=list(BUDGETS), help="paper (exactly the paper), standard (fewer epochs where that changes little; see the lottery chapter), quick, or smoke (default paper)")
+    r.add_argument("--budget", default=DEFAULT_BUDGET, choices=list(BUDGETS), help=budget_help)
+    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--out", default="runs", help="folder of the run directories (default: runs)")
-    r.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a preset field (JSON value), or strategy.NAME=VALUE; repeatable")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_common(r)
+    r.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a preset field, or strategy.NAME=VALUE; repeatable (the fields are listed below)")
+    _add_context(r)
     r.set_defaults(func=cmd_run)
 
-    from lottery_nb.data import DATASETS
-    t = sub.add_parser("transfer", help=COMMANDS["transfer"],
+    t = sub.add_parser("transfer", help=COMMANDS["transfer"], formatter_class=fmt, epilog=_fields_help(Preset),
                        description="Each finished round's ticket of the source run (its mask and the values it rewinds to) is trained "
                                    "on the target dataset and evaluated on the target's test set. Same run directories and resume as `run`.")
     t.add_argument("--source", required=True, help="a run directory made by `lottery_nb run` (e.g. runs/cifar10a_resnet18-lwcc-seed0-...)")
     t.add_argument("--target", required=True, choices=sorted(DATASETS), metavar="DATASET", help="target dataset, same input shape and classes (e.g. cifar10b)")
     t.add_argument("--loss", default="ce", choices=["ce", "source"], help="loss on the target: ce (plain cross-entropy, default) or source (the source's strategy)")
     t.add_argument("--rounds", type=int, nargs="+", default=None, help="source rounds to transfer (default: all finished)")
+    t.add_argument("--seed", type=int, default=None, help="random seed of the target training (default: the source run's)")
     t.add_argument("--out", default="transfer", help="folder of the transfer run directories (default: transfer)")
-    t.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a training field of the source preset (JSON value)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_common(t)
-    t.set_defaults(func=cmd_transfer, seed=None)
+    t.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a training field of the source preset; repeatable (listed below)")
+    _add_context(t)
+    t.set_defaults(func=cmd_transfer)
 
-    from lottery_nb.sparse import SPARSE_FIELDS
-    sp = sub.add_parser("sparse", help=COMMANDS["sparse"],
+    sp = sub.add_parser("sparse", help=COMMANDS["sparse"], formatter_class=fmt, epilog=_fields_help(SparseConfig, Preset),
                         description="Train a sparse network from scratch at the given sparsity (ERK distribution) with RigL's mask "
                                     "updates, or with CigL's random mask and weight averaging on top. Same run directories and resume as `run`.")
     sp.add_argument("--preset", required=True, choices=list(PRESETS), metavar="NAME", help="one of: " + ", ".join(PRESETS))
     sp.add_argument("--method", required=True, choices=["rigl", "cigl"])
     sp.add_argument("--sparsity", required=True, type=float, help="fraction of zero weights, in (0, 1), e.g. 0.9")
-    sp.add_argument("--budget", default="quick", choices=list(BUDGETS), help="paper, standard, quick or smoke (default quick)")
+    sp.add_argument("--budget", default=DEFAULT_BUDGET, choices=list(BUDGETS), help=budget_help)
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sp.add_argument("--out", default="sparse", help="folder of the run directories (default: sparse)")
-    sp.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a preset field or one of: " + ", ".join(SPARSE_FIELDS))
-    sp.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_common(sp)
+    sp.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a sparse-training or preset field; repeatable (listed below)")
+    _add_context(sp)
     sp.set_defaults(func=cmd_sparse)
 
-    from lottery_nb.reproduce import DATASET_PRESETS
     rp = sub.add_parser("reproduce", help=COMMANDS["reproduce"],
                         description="Runs the experiment notebooks with papermill: one lottery grid per dataset (finished runs are skipped, "
                                     "interrupted ones resumed), then the figures (Figs. 5, 12, 16, 20), a results CSV and a markdown summary.")
-    rp.add_argument("--budget", default="quick", choices=list(BUDGETS), help="paper, standard, quick or smoke (default quick)")
+    rp.add_argument("--budget", default=DEFAULT_BUDGET, choices=list(BUDGETS), help=budget_help)
     rp.add_argument("--datasets", nargs="+", default=["digits"], metavar="NAME", help="datasets (default digits); from: " + ", ".join(DATASET_PRESETS))
-    rp.add_argument("--strategies", default="all", help="comma-separated strategies, or all (default)")
+    rp.add_argument("--strategies", nargs="+", default=["all"], metavar="NAME", help="calibration strategies, or all (default)")
     rp.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default 0)")
     rp.add_argument("--rounds", type=int, default=None, help="pruning rounds (default: the budget's)")
     rp.add_argument("--sparsities", nargs="*", type=float, default=[], help="also train RigL and CigL at these sparsities (e.g. 0.9 0.95)")
     rp.add_argument("--out", default="repro", help="output folder (default: repro)")
-    rp.add_argument("--workers", type=_positive_int, default=1, help="local worker processes for the runs (default 1: one run at a time); "
-                    "each gets cores/N PyTorch threads")
-    rp.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run on an existing Dask cluster (tcp://host:port) instead; "
-                    "the output folder must be on a file system its workers see")
-    rp.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_common(rp)
+    _add_context(rp, CONTEXT_OPTIONS + ("workers", "scheduler"))
     rp.set_defaults(func=cmd_reproduce)
 
     b = sub.add_parser("bench", help=COMMANDS["bench"],
                        description="Measures the project's code against plain PyTorch doing the same work in the same process; "
                                    "every figure is a ratio. Prints a table and writes it as JSON.")
     b.add_argument("--out", default="bench.json", help="JSON file to write (default: bench.json)")
-    b.add_argument("--device", default="auto", help="'auto' (CUDA if present: GPU figures too), 'cpu', 'cuda', ...")
     b.add_argument("--quick", action="store_true", help="fewer repeats and smaller workloads (about a minute)")
     from lottery_nb.bench import BENCH_PARTS
     b.add_argument("--only", nargs="+", metavar="PART", help="only these parts: " + ", ".join(BENCH_PARTS))
-    b.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_context(b, ("device", "progress"))
     b.set_defaults(func=cmd_bench)
 
     st = sub.add_parser("status", help=COMMANDS["status"])
@@ -297,15 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if next((a for a in argv if not a.startswith("-")), None) not in COMMANDS:  # help, version or a mistake: no PyTorch needed
         parser = _light_parser(); parser.parse_args(argv); parser.print_help(); return 0
-    from lottery_nb.data import DatasetNotFoundError
     args = build_parser().parse_args(argv)
-    from lottery_nb.lottery import RunDirError
-    from lottery_nb.reproduce import ReproduceError
-    rounds = getattr(args, "rounds", None)
-    if rounds is not None and min(rounds if isinstance(rounds, list) else [rounds]) < 0:
-        print(f"lottery_nb: error: --rounds must be >= 0, got {rounds}", file=sys.stderr); return 2
     try: args.func(args)
-    except (CLIError, DatasetNotFoundError, RunDirError, ReproduceError, ValueError) as e:
+    except (CLIError, _error_type()) as e:  # what the user asked for; anything else is a bug and keeps its traceback
         print(f"lottery_nb: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -317,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _resume_hint() -> str:
     "Where the same command picks up again: the last epoch checkpoint this process wrote, if any."
-    from lottery_nb.lottery import LAST_CHECKPOINT as c
+    from lottery_nb.runs import LAST_CHECKPOINT as c
     if not c: return "nothing was lost: the same command resumes where the work stopped (finished rounds and epoch checkpoints are kept)"
     return (f"the same command resumes round {c['round']} after epoch {c['epoch']} of {c['epochs']} ({c['run']}); "
             "finished rounds are kept")

@@ -17,9 +17,9 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 
 # %% auto #0
-__all__ = ['DATA_ENV', 'DATASETS', 'data_root', 'DatasetNotFoundError', 'DatasetSpec', 'register_dataset', 'get_spec', 'Digits',
-           'half_split', 'register_halves', 'get_dataset', 'to_device_async', 'InMemoryDataset', 'random_crop',
-           'random_flip', 'load_in_memory', 'BatchLoader']
+__all__ = ['DATA_ENV', 'DATASETS', 'data_root', 'LotteryError', 'DatasetNotFoundError', 'DatasetSpec', 'register_dataset',
+           'get_spec', 'Digits', 'half_split', 'register_halves', 'parent_dataset', 'get_dataset', 'to_device_async',
+           'InMemoryDataset', 'random_crop', 'random_flip', 'load_in_memory', 'BatchLoader']
 
 # %% ../nbs/00_data.ipynb #731cf94d
 DATA_ENV = "LOTTERY_NB_DATA"
@@ -31,8 +31,12 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "lottery_nb" / "data"
 
+# %% ../nbs/00_data.ipynb #e1a0b7c4
+class LotteryError(ValueError):
+    "Something the user asked for cannot be done as asked; the message says why and what to do instead."
+
 # %% ../nbs/00_data.ipynb #86a493fa
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(LotteryError, FileNotFoundError):
     "A dataset's files are not in the data folder; the message says how to get them."
     def __init__(self, name: str, root: Path, hint: str = ""):
         self.name, self.root = name, Path(root)
@@ -54,6 +58,8 @@ class DatasetSpec:
     augment: str = "none"  # standard train augmentation: 'none', 'crop' or 'crop_flip'
     max_value: float = 255.0  # raw pixel value that maps to 1.0
     hint: str = ""  # extra advice when the files are missing
+    parent: str | None = None  # for a half of a training set (see below): the dataset it is half of
+    other_half: str | None = None  # for a half: the other half
 
 DATASETS: dict[str, DatasetSpec] = {}
 
@@ -65,7 +71,7 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 def get_spec(name: str) -> DatasetSpec:
     "The `DatasetSpec` registered as `name`; an unknown name lists the valid ones."
     try: return DATASETS[name]
-    except KeyError: raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}") from None
+    except KeyError: raise LotteryError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}") from None
 
 # %% ../nbs/00_data.ipynb #fb457c00
 class Digits(Dataset):
@@ -131,7 +137,11 @@ def register_halves(parent: str, names: tuple[str, str]):
     p = get_spec(parent)
     for which, n in enumerate(names):
         register_dataset(DatasetSpec(n, _half_builder(p, which), p.num_classes, p.input_shape, p.mean, p.std,
-                                     p.augment, p.max_value, p.hint))
+                                     p.augment, p.max_value, p.hint, parent=parent, other_half=names[1 - which]))
+
+def parent_dataset(name: str) -> str:
+    "The dataset that `name` is a half of, or `name` itself: what a half shares with its parent (defaults, presets)."
+    return get_spec(name).parent or name
 
 register_halves("cifar10", ("cifar10a", "cifar10b"))
 for _n in ("mnist", "fashion_mnist", "digits"): register_halves(_n, (f"{_n}_a", f"{_n}_b"))

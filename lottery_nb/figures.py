@@ -12,7 +12,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .lottery import _readable_json, find_runs
+from .data import LotteryError
+from .runs import find_runs
 
 # %% auto #0
 __all__ = ['RESULT_COLUMNS', 'STRATEGY_STYLE', 'METRIC_LABELS', 'DATASET_LABELS', 'FIGURES', 'FIGURE_TITLES', 'TS_METRICS',
@@ -29,7 +30,7 @@ def load_results(*folders) -> pd.DataFrame:
     rows = []
     for folder in folders:
         for run in find_runs(folder):
-            cfg = run.read_config()["config"]
+            cfg = run.config()
             tr, sp = cfg.get("transfer"), cfg.get("sparse")
             ident = {"dataset": cfg["preset"]["dataset"], "preset": cfg["preset"]["name"], "model": cfg["preset"]["model"],
                      "strategy": cfg["strategy"], "seed": cfg["seed"], "epochs": cfg["preset"]["epochs"], "run": run.path.name,
@@ -233,12 +234,11 @@ def run_checks(*folders, tol: float = 0.01, tail: float = 0.25) -> pd.DataFrame:
     rows = []
     for folder in folders:
         for run in find_runs(folder):
-            cfg = run.read_config()["config"]
+            cfg = run.config()
             dead, rising = [], []
             for r in run.round_metrics():
                 if r.get("dead_classes", 0) > 0: dead.append(f"{r['round']} ({r['dead_classes']})")
-                hf = run.round_dir(r["round"]) / "history.json"
-                h = json.loads(hf.read_text()) if _readable_json(hf) else []
+                h = run.history(r["round"])
                 acc = [e["accuracy"] for e in h if "accuracy" in e]
                 if len(acc) >= 4 and acc[-1] - acc[-1 - max(1, round(tail * len(acc)))] > tol: rising.append(str(r["round"]))
             if dead or rising:
@@ -281,7 +281,7 @@ def paired_differences(df: pd.DataFrame, metric: str, baseline: str = "none", le
 
 def verdict(lo: float, hi: float, better: str) -> str:
     "'holds' if the interval [lo, hi] lies on the `better` ('lower' or 'higher') side of zero, 'does not hold' if on the other, else 'inconclusive'."
-    if better not in ("lower", "higher"): raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
+    if better not in ("lower", "higher"): raise LotteryError(f"better must be 'lower' or 'higher', got {better!r}")
     good, bad = (hi < 0, lo > 0) if better == "lower" else (lo > 0, hi < 0)
     return "holds" if good else "does not hold" if bad else "inconclusive"
 

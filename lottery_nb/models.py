@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .data import LotteryError
+
 # %% auto #0
 __all__ = ['VGG19_STAGES', 'MODELS', 'DEFAULT_INPUT_SHAPE', 'Dropout', 'LeNet300100', 'BasicBlock', 'CifarResNet', 'ResNet18',
            'Bottleneck', 'ResNet50', 'VGG19', 'get_model', 'count_parameters', 'prunable_parameters',
@@ -158,9 +160,9 @@ DEFAULT_INPUT_SHAPE = {"lenet_300_100": (1, 28, 28), "resnet18": (3, 32, 32), "v
 
 def get_model(name: str, num_classes: int = 10, dropout: float = 0.0, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     "The model `name` (see `MODELS`) for images of `input_shape` and `num_classes` labels."
-    if name not in MODELS: raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
-    if not 0.0 <= dropout < 1.0: raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if num_classes < 2: raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if name not in MODELS: raise LotteryError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    if not 0.0 <= dropout < 1.0: raise LotteryError(f"dropout must be in [0, 1), got {dropout}")
+    if num_classes < 2: raise LotteryError(f"num_classes must be at least 2, got {num_classes}")
     return MODELS[name](num_classes, tuple(input_shape or DEFAULT_INPUT_SHAPE[name]), dropout)
 
 def count_parameters(model: nn.Module) -> int:

@@ -11,10 +11,12 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .data import LotteryError
 from .models import prunable_parameters, pruning_exclusions
 
 # %% auto #0
-__all__ = ['Mask', 'full_mask', 'MaskedTraining', 'prune', 'sparsity_report', 'remaining_percent', 'reinitialize', 'rewind']
+__all__ = ['Mask', 'full_mask', 'RoundMethod', 'MaskedTraining', 'prune', 'sparsity_report', 'remaining_percent', 'reinitialize',
+           'rewind']
 
 # %% ../nbs/04_pruning.ipynb #dc5b2f0d
 Mask = dict[str, torch.Tensor]
@@ -24,19 +26,34 @@ def full_mask(model: nn.Module, names: Iterable[str] | None = None) -> Mask:
     params = prunable_parameters(model)
     names = list(params) if names is None else list(names)
     unknown = [n for n in names if n not in params]
-    if unknown: raise ValueError(f"not prunable weights of this model: {unknown}; prunable: {list(params)}")
+    if unknown: raise LotteryError(f"not prunable weights of this model: {unknown}; prunable: {list(params)}")
     return {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}
 
+# %% ../nbs/04_pruning.ipynb #0f5862c8
+class RoundMethod:
+    "What a round's training calls, in order: `attach`, then per step `wrap_loss`'s loss, `before_step`, `after_step`; per epoch `after_epoch`; at the end `finish`, `remove`."
+    mask: Mask  # the mask at the end of training (a dynamic rule changes it)
+    def attach(self, optimizer, loader, epochs: int): "Before training: the optimiser, the batches and the number of epochs."
+    def wrap_loss(self, loss_fn): "The loss to train with (default: `loss_fn` itself)."; return loss_fn
+    def before_step(self): "Between the backward pass and the optimiser step."
+    def after_step(self): "After each optimiser step."
+    def after_epoch(self, epoch: int): "After epoch `epoch` (0-based), before its checkpoint is written."
+    def finish(self, loader): "After the last epoch (e.g. weight averaging: the final model replaces the last iterate)."
+    def state_dict(self) -> dict: "What an epoch checkpoint keeps, to resume exactly (default: nothing)."; return {}
+    def load_state_dict(self, state: dict): "Back to a checkpoint's `state_dict()`."
+    def remove(self): "Take off anything attached to the model."
+
 # %% ../nbs/04_pruning.ipynb #0f5862c9
-class MaskedTraining:
+class MaskedTraining(RoundMethod):
     "Keep `mask`'s pruned weights of `model` at exactly zero: call `before_step` after backward and `after_step` after each step."
     def __init__(self, model: nn.Module, mask: Mask):
+        self.mask = mask
         params = dict(model.named_parameters())
         missing = [n for n in mask if n not in params]
-        if missing: raise ValueError(f"mask names weights the model does not have: {missing}")
+        if missing: raise LotteryError(f"mask names weights the model does not have: {missing}")
         self.pairs = [(params[n], m.to(params[n].device)) for n, m in mask.items()]
         for p, m in self.pairs:
-            if m.shape != p.shape: raise ValueError(f"mask shape {tuple(m.shape)} does not match weight shape {tuple(p.shape)}")
+            if m.shape != p.shape: raise LotteryError(f"mask shape {tuple(m.shape)} does not match weight shape {tuple(p.shape)}")
         self.refresh()
 
     @torch.no_grad()
@@ -61,14 +78,14 @@ class MaskedTraining:
         "Call after each optimiser step: the pruned weights back to exactly zero."
         self.apply()
 
-    def remove(self): "Nothing to take off (no hooks); kept so that every mask method can be ended alike."
+    def remove(self): "Nothing to take off (no hooks)."
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.remove()
 
 # %% ../nbs/04_pruning.ipynb #50bf45e2
 def _check_fraction(name: str, q: float):
-    if not 0 < q < 1: raise ValueError(f"{name} must be in (0, 1), got {q!r}")
+    if not 0 < q < 1: raise LotteryError(f"{name} must be in (0, 1), got {q!r}")
 
 def _prune_smallest(scores: torch.Tensor, alive: torch.Tensor, n: int) -> torch.Tensor:
     "Mask `alive` with its `n` smallest-scoring live entries removed (flat tensors)."
@@ -91,7 +108,7 @@ def prune(model: nn.Module, mask: Mask, fraction: float, scope: str = "local",
     for n, q in layer_fractions.items(): _check_fraction(f"layer fraction of {n}", q)
     params, exclude = dict(model.named_parameters()), set(exclude)
     unknown = [n for n in list(layer_fractions) + list(exclude) if n not in mask]
-    if unknown: raise ValueError(f"names not in the mask: {unknown}")
+    if unknown: raise LotteryError(f"names not in the mask: {unknown}")
     new = {n: m.clone() for n, m in mask.items()}
     names = [n for n in mask if n not in exclude]
     if scope == "local":
@@ -100,13 +117,13 @@ def prune(model: nn.Module, mask: Mask, fraction: float, scope: str = "local",
             k = round(layer_fractions.get(n, fraction) * int(alive.sum()))
             new[n] = _prune_smallest(params[n].detach().abs().flatten().cpu(), alive.cpu(), k).view_as(mask[n]).to(mask[n].device)
     elif scope == "global":
-        if layer_fractions: raise ValueError("layer_fractions apply to local pruning only")
+        if layer_fractions: raise LotteryError("layer_fractions apply to local pruning only")
         alive = torch.cat([mask[n].flatten().cpu() for n in names])
         scores = torch.cat([params[n].detach().abs().flatten().cpu() for n in names])
         keep = _prune_smallest(scores, alive, round(fraction * int(alive.sum())))
         for n, part in zip(names, keep.split([mask[n].numel() for n in names])):
             new[n] = part.view_as(mask[n]).to(mask[n].device)
-    else: raise ValueError(f"unknown pruning scope {scope!r}; choose 'local' or 'global'")
+    else: raise LotteryError(f"unknown pruning scope {scope!r}; choose 'local' or 'global'")
     return new
 
 # %% ../nbs/04_pruning.ipynb #9d5feb30
@@ -136,7 +153,7 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
 @torch.no_grad()
 def rewind(model: nn.Module, mask: Mask, state: dict | None = None, seed: int | None = None) -> nn.Module:
     "Load `state` (the initial or a step-k state) into `model`, or re-initialise it from `seed`; then apply `mask`."
-    if (state is None) == (seed is None): raise ValueError("rewind needs exactly one of state= (rewind) or seed= (random re-initialisation)")
+    if (state is None) == (seed is None): raise LotteryError("rewind needs exactly one of state= (rewind) or seed= (random re-initialisation)")
     if state is not None: model.load_state_dict(state)
     else: reinitialize(model, seed)
     params = dict(model.named_parameters())

@@ -5,12 +5,11 @@
 # %% ../nbs/10_reproduce.ipynb #61b5f8fb
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import sys
 import threading
-import time
+from dataclasses import asdict, dataclass, field
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -19,40 +18,71 @@ from typing import Callable
 import torch
 
 import lottery_nb
-from .calibration import STRATEGIES
-from .data import DatasetNotFoundError, get_spec, load_in_memory
-from .lottery import BUDGETS, LotteryConfig, RunDir, get_preset, run_lottery
-from .transfer import run_transfer, transfer_config_from
-from .sparse import run_sparse, sparse_config
+from .calibration import STRATEGIES, strategy_names
+from .data import LotteryError, load_in_memory
+from .lottery import LotteryConfig, LotteryRun
+from .presets import DATASET_PRESETS, DEFAULT_BUDGET, check_rounds, preset_for, transfer_target
+from .runs import Run, RunContext, RunDir
+from .sparse import SparseConfig, SparseRun, sparse_config
+from .transfer import TransferConfig, run_transfer, transfer_config_from
 
 # %% auto #0
-__all__ = ['DATASET_PRESETS', 'TRANSFER_TARGETS', 'NOTEBOOK_PARAMETERS', 'KERNEL_ARGUMENTS', 'grid_configs', 'check_data',
-           'NotebookParameterError', 'check_parameters', 'usable_cores', 'check_workers', 'dask_client',
-           'WorkerLostError', 'run_jobs', 'transfer_targets', 'run_transfer_grid', 'sparse_configs', 'run_sparse_grid',
-           'run_grid', 'ReproduceError', 'experiments_dir', 'execute', 'reproduce']
+__all__ = ['NOTEBOOK_PARAMETERS', 'KERNEL_ARGUMENTS', 'Grid', 'check_data', 'NotebookParameterError', 'check_parameters',
+           'usable_cores', 'dask_client', 'WorkerLostError', 'run_jobs', 'run_grid', 'run_transfer_grid',
+           'run_sparse_grid', 'ReproduceError', 'experiments_dir', 'execute', 'reproduce']
 
 # %% ../nbs/10_reproduce.ipynb #a1fc49d3
-DATASET_PRESETS = {"mnist": "mnist_lenet", "fashion_mnist": "fashion_mnist_lenet", "cifar10": "cifar10_resnet18",
-                   "svhn": "svhn_vgg19", "digits": "digits_lenet",
-                   "cifar10a": "cifar10a_resnet18", "mnist_a": "mnist_a_lenet", "fashion_mnist_a": "fashion_mnist_a_lenet", "digits_a": "digits_a_lenet"}
-# a grid on a half also transfers its tickets to the other half (Fig. 25), trained there with plain cross-entropy
-TRANSFER_TARGETS = {"cifar10a": "cifar10b", "mnist_a": "mnist_b", "fashion_mnist_a": "fashion_mnist_b", "digits_a": "digits_b"}
+def _check_seeds(seeds):
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise LotteryError(f"seeds must be integers >= 0, got {list(seeds)!r}")
 
-def grid_configs(datasets, strategies, seeds, budget: str = "quick", rounds: int | None = None, overrides: dict | None = None) -> dict:
-    "The `LotteryConfig` of every grid point and the rounds to run, by dataset; unknown names raise `ValueError`."
-    bad = [d for d in datasets if d not in DATASET_PRESETS]
-    if bad or not datasets: raise ValueError(f"unknown dataset {', '.join(map(repr, bad)) or '(none given)'}; choose from: {', '.join(DATASET_PRESETS)}")
-    bad = [s for s in strategies if s not in STRATEGIES]
-    if bad or not strategies: raise ValueError(f"unknown strategy {', '.join(map(repr, bad)) or '(none given)'}; choose from: {', '.join(STRATEGIES)}")
-    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds): raise ValueError(f"seeds must be integers >= 0, got {seeds!r}")
-    if rounds is not None and rounds < 0: raise ValueError(f"rounds must be >= 0, got {rounds}")
-    grid = {}
-    for d in datasets:
-        p = get_preset(DATASET_PRESETS[d], budget, **(overrides or {}))
-        n = p.rounds if rounds is None else rounds
-        grid[d] = [(LotteryConfig(p, s, {}, seed), n) for s in strategies for seed in seeds]
-        for cfg, _ in grid[d]: cfg.make_strategy()  # hyper-parameters valid
-    return grid
+@dataclass(frozen=True)
+class Grid:
+    "A reproduction's grid: every (dataset, strategy, seed) lottery run, its transfer runs, and RigL/CigL runs; checked when made."
+    datasets: tuple[str, ...] = ("digits",)         # datasets, each trained with its preset (presets.DATASET_PRESETS)
+    strategies: tuple[str, ...] = tuple(STRATEGIES)  # calibration strategies ('all': every one)
+    seeds: tuple[int, ...] = (0,)                   # one run per seed
+    budget: str = DEFAULT_BUDGET                    # 'paper', 'standard', 'quick' or 'smoke'
+    rounds: int | None = None                       # pruning rounds after round 0 (None: the budget's)
+    sparsities: tuple[float, ...] = ()              # also train RigL and CigL at these sparsities
+    methods: tuple[str, ...] = ("rigl", "cigl")     # the sparse-training methods
+    overrides: dict = field(default_factory=dict)   # preset fields changed in every lottery run (tests, benchmarks)
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)
+        set_("datasets", tuple(self.datasets)); set_("strategies", tuple(strategy_names(self.strategies)))
+        set_("seeds", tuple(self.seeds)); set_("sparsities", tuple(self.sparsities)); set_("methods", tuple(self.methods))
+        set_("overrides", dict(self.overrides))
+        if not self.datasets: raise LotteryError(f"no dataset given; choose from: {', '.join(DATASET_PRESETS)}")
+        _check_seeds(self.seeds)
+        if self.rounds is not None: check_rounds(self.rounds)
+        for d in self.datasets: self.lottery(d); self.sparse(d)  # unknown datasets, budgets, fields, sparsities, methods
+
+    def lottery(self, dataset: str) -> list[tuple[LotteryConfig, int]]:
+        "The lottery runs of `dataset`: (configuration, rounds) for every strategy and seed."
+        p = preset_for(dataset, self.budget, **self.overrides)
+        n = p.rounds if self.rounds is None else self.rounds
+        return [(LotteryConfig(p, s, {}, seed), n) for s in self.strategies for seed in self.seeds]
+
+    def transfer(self, dataset: str) -> list[tuple[TransferConfig, int]]:
+        "The transfer runs of `dataset`'s tickets to the other half (none unless `dataset` is a source half)."
+        target = transfer_target(dataset)
+        return [(transfer_config_from(cfg, target), n) for cfg, n in self.lottery(dataset)] if target else []
+
+    def sparse(self, dataset: str) -> list[SparseConfig]:
+        "The sparse-training runs on `dataset`'s preset: each method at each sparsity and seed."
+        return [sparse_config(DATASET_PRESETS[dataset], m, s, seed, self.budget) for s in self.sparsities for m in self.methods for seed in self.seeds]
+
+    def folders(self, out: Path) -> list[tuple[Path, int, int]]:
+        "Every run folder of the reproduction under `out`, with its last round and its epochs per round."
+        out = Path(out)
+        return ([(out / "runs" / c.run_name, n, c.preset.epochs) for d in self.datasets for c, n in self.lottery(d)]
+                + [(out / "transfer" / c.run_name, n, c.preset.epochs) for d in self.datasets for c, n in self.transfer(d)]
+                + [(out / "sparse" / c.run_name, 0, c.preset.epochs) for d in self.datasets for c in self.sparse(d)])
+
+    def to_dict(self) -> dict:
+        "The grid as plain lists and numbers (what papermill passes to a notebook)."
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 def check_data(datasets, data_root=None, download: bool = False):
     "Raise `DatasetNotFoundError` for the first dataset whose files are missing (loads each test split)."
@@ -61,15 +91,15 @@ def check_data(datasets, data_root=None, download: bool = False):
 # %% ../nbs/10_reproduce.ipynb #94bb0747
 NOTEBOOK_PARAMETERS: dict[str, dict[str, str]] = {  # name -> kind, per experiment notebook
     "lottery_grid": dict(dataset="str", strategies="strategies", seeds="ints", budget="str", rounds="int?", data_root="str?",
-                         runs="str", device="str", download="bool", workers="int", scheduler="str?"),
+                         runs="str", device="str", download="bool", workers="int", scheduler="str?", channels_last="bool?"),
     "transfer_grid": dict(dataset="str", strategies="strategies", seeds="ints", budget="str", rounds="int?", data_root="str?",
-                          runs="str", transfer="str", device="str", download="bool", workers="int", scheduler="str?"),
+                          runs="str", transfer="str", device="str", download="bool", workers="int", scheduler="str?", channels_last="bool?"),
     "sparse_grid": dict(dataset="str", sparsities="floats", methods="strs", seeds="ints", budget="str", data_root="str?",
-                        sparse="str", device="str", download="bool", workers="int", scheduler="str?"),
+                        sparse="str", device="str", download="bool", workers="int", scheduler="str?", channels_last="bool?"),
     "figures": dict(runs="str", out="str"),
 }
 
-class NotebookParameterError(ValueError):
+class NotebookParameterError(LotteryError):
     "A papermill parameter that an experiment notebook does not have, or a value of the wrong kind."
 
 def _as_kind(name: str, value, kind: str):
@@ -90,7 +120,7 @@ def _as_kind(name: str, value, kind: str):
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int): fail("an integer")
         return value
-    raise ValueError(f"unknown parameter kind {kind!r}")
+    raise LotteryError(f"unknown parameter kind {kind!r}")
 
 def check_parameters(namespace: dict, notebook: str) -> dict:
     "The parameters of experiment `notebook` found in `namespace` (a notebook's globals), normalised; unknown names and bad kinds refused."
@@ -112,17 +142,13 @@ def _call(fn: Callable, kwargs: dict, threads: int | None = None):
     if threads is not None: torch.set_num_threads(threads)
     return fn(**kwargs)
 
-def check_workers(workers: int):
-    "A `ValueError` unless `workers` is a positive integer."
-    if not (isinstance(workers, int) and workers >= 1): raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-
 def dask_client(address: str):
-    "A `distributed.Client` connected to the scheduler at `address`, or one clear `ValueError`."
+    "A `distributed.Client` connected to the scheduler at `address`, or one clear `LotteryError`."
     try: from distributed import Client
-    except ImportError: raise ValueError("--scheduler needs Dask's distributed package: pip install distributed") from None
+    except ImportError: raise LotteryError("--scheduler needs Dask's distributed package: pip install distributed") from None
     try: return Client(address, timeout="10s")
     except (OSError, TimeoutError) as e:
-        raise ValueError(f"no Dask scheduler answers at {address!r} ({type(e).__name__}); start one, or leave out --scheduler") from None
+        raise LotteryError(f"no Dask scheduler answers at {address!r} ({type(e).__name__}); start one, or leave out --scheduler") from None
 
 class WorkerLostError(RuntimeError):
     "Local worker processes died more often than `run_jobs` may restart them; the finished work is kept."
@@ -148,9 +174,10 @@ def _run_pool(jobs: list[tuple[str, Callable, dict]], workers: int, retries: int
     raise WorkerLostError(f"worker processes died {retries + 1} times (last running: {names}); the finished rounds and epoch "
                           "checkpoints are kept: run the same command again to resume (with fewer --workers if memory ran out)")
 
-def run_jobs(jobs: list[tuple[str, Callable, dict]], workers: int = 1, scheduler: str | None = None, retries: int = 3) -> list:
-    "Run each `(name, function, kwargs)` in this process, on `workers` local processes, or on the Dask cluster at `scheduler`; results in order."
-    check_workers(workers)
+def run_jobs(jobs: list[tuple[str, Callable, dict]], ctx: RunContext | None = None, retries: int = 3) -> list:
+    "Run each `(name, function, kwargs)` in this process, on `ctx.workers` local processes, or on the Dask cluster at `ctx.scheduler`; results in order."
+    ctx = ctx or RunContext()
+    workers, scheduler = ctx.workers, ctx.scheduler
     if scheduler is not None:
         with dask_client(scheduler) as client:
             futures = [client.submit(_call, fn, kw, key=f"lottery_nb-{name}", pure=False, retries=retries) for name, fn, kw in jobs]
@@ -159,47 +186,24 @@ def run_jobs(jobs: list[tuple[str, Callable, dict]], workers: int = 1, scheduler
     return _run_pool(jobs, workers, retries)
 
 # %% ../nbs/10_reproduce.ipynb #36de7d4e
-def transfer_targets(grid: dict) -> dict:
-    "For each dataset of the grid that has a transfer target: [(TransferConfig, rounds)] of its runs."
-    return {d: [(transfer_config_from(cfg, TRANSFER_TARGETS[d]), n) for cfg, n in configs]
-            for d, configs in grid.items() if d in TRANSFER_TARGETS}
+def _run(run: Run) -> RunDir: return run.run()
 
-def run_transfer_grid(dataset: str, strategies, seeds, budget: str = "quick", rounds: int | None = None, runs="repro/runs",
-                      out="repro/transfer", data_root=None, device: str = "auto", download: bool = False, progress: bool = True,
-                      workers: int = 1, scheduler: str | None = None) -> list[RunDir]:
-    "Transfer the tickets of every (strategy, seed) run of a half's grid to the other half, with plain cross-entropy."
-    (configs,) = grid_configs([dataset], strategies, seeds, budget, rounds).values()
-    return run_jobs([(f"transfer-{cfg.run_name}", run_transfer,
-                      dict(source=Path(runs) / cfg.run_name, target=TRANSFER_TARGETS[dataset], out_dir=out, loss="ce",
-                           rounds=list(range(n + 1)), device=device, data_root=data_root, download=download, progress=progress))
-                     for cfg, n in configs], workers, scheduler)
+def run_grid(grid: Grid, dataset: str, out="repro/runs", ctx: RunContext | None = None) -> list[RunDir]:
+    "Run (or resume, or skip) the lottery runs of `dataset` in `grid`: every strategy and seed."
+    return run_jobs([(cfg.run_name, _run, {"run": LotteryRun(cfg, n, out, ctx)}) for cfg, n in grid.lottery(dataset)], ctx)
 
-def sparse_configs(datasets, sparsities, methods, seeds, budget: str) -> dict:
-    "The `SparseConfig`s of the sparse-training grid, by dataset (RigL/CigL at each sparsity and seed)."
-    return {d: [(sparse_config(DATASET_PRESETS[d], m, s, seed, budget), 0) for s in sparsities for m in methods for seed in seeds]
-            for d in datasets} if sparsities else {}
+def run_transfer_grid(grid: Grid, dataset: str, runs="repro/runs", out="repro/transfer", ctx: RunContext | None = None) -> list[RunDir]:
+    "Transfer the tickets of every lottery run of a source half's grid (in `runs`) to the other half, with plain cross-entropy."
+    if not grid.transfer(dataset): raise LotteryError(f"{dataset!r} has no transfer target; choose a first half: {', '.join(d for d in DATASET_PRESETS if transfer_target(d))}")
+    return run_jobs([(f"transfer-{cfg.run_name}", run_transfer, dict(source=Path(runs) / cfg.run_name, target=transfer_target(dataset),
+                      out_dir=out, loss="ce", rounds=list(range(n + 1)), ctx=ctx)) for cfg, n in grid.lottery(dataset)], ctx)
 
-def run_sparse_grid(dataset: str, sparsities, methods=("rigl", "cigl"), seeds=(0,), budget: str = "quick", out="repro/sparse",
-                    data_root=None, device: str = "auto", download: bool = False, progress: bool = True,
-                    workers: int = 1, scheduler: str | None = None) -> list[RunDir]:
-    "Sparse training with each method at each sparsity and seed on one dataset's preset."
-    return run_jobs([(f"sparse-{dataset}-{m}-{s:g}-{seed}-{budget}", run_sparse,
-                      dict(preset=DATASET_PRESETS[dataset], method=m, sparsity=s, seed=seed, out_dir=out, budget=budget, device=device,
-                           data_root=data_root, download=download, progress=progress))
-                     for s in sparsities for m in methods for seed in seeds], workers, scheduler)
-
-def run_grid(dataset: str, strategies, seeds, budget: str = "quick", rounds: int | None = None, out="repro/runs",
-             data_root=None, device: str = "auto", download: bool = False, overrides: dict | None = None, progress: bool = True,
-             workers: int = 1, scheduler: str | None = None) -> list[RunDir]:
-    "Run (or resume, or skip) the lottery runs of one dataset for every strategy and seed."
-    (configs,) = grid_configs([dataset], strategies, seeds, budget, rounds, overrides).values()
-    return run_jobs([(cfg.run_name, run_lottery,
-                      dict(preset=cfg.preset, strategy=cfg.strategy, rounds=n, seed=cfg.seed, out_dir=out, budget=budget, device=device,
-                           data_root=data_root, download=download, progress=progress))
-                     for cfg, n in configs], workers, scheduler)
+def run_sparse_grid(grid: Grid, dataset: str, out="repro/sparse", ctx: RunContext | None = None) -> list[RunDir]:
+    "Sparse training with each method at each sparsity and seed of `grid` on `dataset`'s preset."
+    return run_jobs([(f"sparse-{cfg.run_name}", _run, {"run": SparseRun(cfg, out, ctx)}) for cfg in grid.sparse(dataset)], ctx)
 
 # %% ../nbs/10_reproduce.ipynb #9557719e
-class ReproduceError(RuntimeError):
+class ReproduceError(LotteryError):
     "A reproduction that cannot start or could not finish; the message says which notebook and why."
 
 def experiments_dir() -> Path:
@@ -233,12 +237,6 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd=None):
         raise ReproduceError(f"{notebook.name} failed ({e.ename}: {e.evalue}); the executed notebook with the error is {output}") from None
 
 # %% ../nbs/10_reproduce.ipynb #1f095a63
-def _grid_runs(out: Path, grid: dict, sparse_grid: dict) -> list[tuple[Path, int, int]]:
-    "Every run directory of the reproduction with its last round and its epochs per round: lottery, transfer and sparse runs."
-    todo = [(out / "runs" / cfg.run_name, n, cfg.preset.epochs) for configs in grid.values() for cfg, n in configs]
-    todo += [(out / "transfer" / cfg.run_name, n, cfg.preset.epochs) for configs in transfer_targets(grid).values() for cfg, n in configs]
-    return todo + [(out / "sparse" / cfg.run_name, 0, cfg.preset.epochs) for configs in sparse_grid.values() for cfg, _ in configs]
-
 def _grid_progress(todo: list[tuple[Path, int, int]]) -> tuple[int, str]:
     "Epochs trained over the whole grid (finished rounds, and the epochs of rounds under way), and the run most recently at work."
     done, latest, when = 0, "", 0.0
@@ -247,27 +245,25 @@ def _grid_progress(todo: list[tuple[Path, int, int]]) -> tuple[int, str]:
         run = RunDir(path)
         finished = min(len(run.finished_rounds()), n + 1)
         done += finished * epochs
-        f = path / "progress.json"
-        if finished == n + 1 or not f.exists(): continue
-        try: at = json.loads(f.read_text())
-        except (json.JSONDecodeError, OSError): continue
-        if run.done(at["round"]): continue  # between rounds
+        at = run.progress() if finished < n + 1 else None
+        if at is None or run.done(at["round"]): continue  # no round under way (or between rounds)
         done += at["epoch"]
-        if f.stat().st_mtime > when: latest, when = f"{path.name}: round {at['round']}, epoch {at['epoch']}/{at['epochs']}", f.stat().st_mtime
+        when_at = (path / "progress.json").stat().st_mtime
+        if when_at > when: latest, when = f"{path.name}: round {at['round']}, epoch {at['epoch']}/{at['epochs']}", when_at
     return done, latest
 
-def _already_finished(out: Path, grid: dict, sparse_grid: dict) -> bool:
+def _already_finished(out: Path, grid: Grid) -> bool:
     "Every run finished, and the summary written after the last of them: nothing to run, nothing to draw again."
     summary = out / "summary.md"
     if not summary.exists() or not (out / "results.csv").exists(): return False
-    runs = _grid_runs(out, grid, sparse_grid)
+    runs = grid.folders(out)
     if not all(RunDir(p).done(r) for p, n, _ in runs for r in range(n + 1)): return False
     newest = max((f.stat().st_mtime for p, _, _ in runs for f in p.glob("round_*/metrics.json")), default=0)
     return summary.stat().st_mtime >= newest
 
-def _watch(out: Path, grid: dict, sparse_grid: dict, stop: threading.Event, progress: bool):
+def _watch(out: Path, grid: Grid, stop: threading.Event, progress: bool):
     from lottery_nb.training import tqdm
-    todo = _grid_runs(out, grid, sparse_grid)
+    todo = grid.folders(out)
     total = sum((n + 1) * epochs for _, n, epochs in todo)
     with tqdm(total=total, initial=_grid_progress(todo)[0], desc=f"grid of {len(todo)} runs", unit="epoch", disable=not progress) as bar:
         while True:
@@ -277,38 +273,34 @@ def _watch(out: Path, grid: dict, sparse_grid: dict, stop: threading.Event, prog
             bar.set_postfix_str(latest, refresh=False)  # the run at work (none between runs and at the end)
             if stopping: break
 
-def reproduce(datasets, strategies=tuple(STRATEGIES), seeds=(0,), budget: str = "quick", out="repro", rounds: int | None = None,
-              data_root=None, device: str = "auto", download: bool = False, progress: bool = True, sparsities=(),
-              workers: int = 1, scheduler: str | None = None) -> dict:
-    "Run the grid through the experiment notebooks (resuming), then the figures; returns the output paths."
-    strategies, seeds, datasets, sparsities = list(strategies), list(seeds), list(datasets), list(sparsities)
-    if budget not in BUDGETS: raise ValueError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
-    check_workers(workers)
-    if scheduler is not None: dask_client(scheduler).close()  # a cluster that does not answer fails now
-    grid = grid_configs(datasets, strategies, seeds, budget, rounds)
-    sparse_grid = sparse_configs(datasets, sparsities, ("rigl", "cigl"), seeds, budget)
-    check_data(datasets, data_root, download)
+def reproduce(grid: Grid, out="repro", ctx: RunContext | None = None) -> dict:
+    "Run `grid` through the experiment notebooks (resuming), then the figures; returns the output paths."
+    ctx = ctx or RunContext()
+    if grid.overrides: raise LotteryError("reproduce runs the presets as declared: a grid with preset overrides is for run_grid only")
+    if ctx.scheduler is not None: dask_client(ctx.scheduler).close()  # a cluster that does not answer fails now
+    check_data(grid.datasets, ctx.data_root, ctx.download)
+    check_data([transfer_target(d) for d in grid.datasets if transfer_target(d)], ctx.data_root, ctx.download)
     nbs = experiments_dir()
     out = Path(out).resolve(); runs = out / "runs"
-    root = None if data_root is None else str(Path(data_root).resolve())
-    stop = threading.Event()
-    check_data([TRANSFER_TARGETS[d] for d in datasets if d in TRANSFER_TARGETS], data_root, download)
     paths = {"runs": runs, "transfer": out / "transfer", "sparse": out / "sparse", "figures": out / "figures", "results": out / "results.csv",
              "summary": out / "summary.md", "notebooks": out / "notebooks"}
-    if _already_finished(out, grid, sparse_grid): return {**paths, "already_finished": True}
-    watcher = threading.Thread(target=_watch, args=(out, grid, sparse_grid, stop, progress), daemon=True)
+    if _already_finished(out, grid): return {**paths, "already_finished": True}
+    where = {k: v for k, v in ctx.to_dict().items() if k != "progress"}  # the notebooks' runs never draw bars: the grid's bar does
+    if where["data_root"] is not None: where["data_root"] = str(Path(where["data_root"]).resolve())
+    g = grid.to_dict()
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(out, grid, stop, ctx.progress), daemon=True)
     watcher.start()
     try:
-        for d in datasets:
-            params = dict(dataset=d, strategies=strategies, seeds=seeds, budget=budget, rounds=rounds, data_root=root,
-                          runs=str(runs), device=device, download=download, workers=workers, scheduler=scheduler)
+        for d in grid.datasets:
+            params = dict(dataset=d, strategies=g["strategies"], seeds=g["seeds"], budget=grid.budget, rounds=grid.rounds, runs=str(runs), **where)
             execute(nbs / "lottery_grid.ipynb", out / "notebooks" / f"lottery_grid_{d}.ipynb", params)
-            if d in TRANSFER_TARGETS:
+            if grid.transfer(d):
                 execute(nbs / "transfer_grid.ipynb", out / "notebooks" / f"transfer_grid_{d}.ipynb", {**params, "transfer": str(out / "transfer")})
-            if sparsities:
+            if grid.sparsities:
                 execute(nbs / "sparse_grid.ipynb", out / "notebooks" / f"sparse_grid_{d}.ipynb",
-                        dict(dataset=d, sparsities=sparsities, seeds=seeds, budget=budget, data_root=root, sparse=str(out / "sparse"),
-                             device=device, download=download, workers=workers, scheduler=scheduler))
+                        dict(dataset=d, sparsities=g["sparsities"], methods=g["methods"], seeds=g["seeds"], budget=grid.budget,
+                             sparse=str(out / "sparse"), **where))
     finally:
         stop.set(); watcher.join()
     execute(nbs / "figures.ipynb", out / "notebooks" / "figures.ipynb", dict(runs=str(out), out=str(out)))

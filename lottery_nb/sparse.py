@@ -7,34 +7,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .data import BatchLoader
-from .lottery import (PRESETS, BUDGETS, LotteryConfig, Preset, RunDir, _train_round, build_model, get_preset,
-                                load_torch, run_data, save_torch)
+from .data import LotteryError
+from .lottery import LotteryConfig
 from .models import prunable_parameters
-from .pruning import Mask, MaskedTraining
-from .training import get_device
+from .presets import DEFAULT_BUDGET, Preset, get_preset, sparse_budget
+from .pruning import Mask, MaskedTraining, RoundMethod
+from .runs import Run, RunContext, RunDir
 
 # %% auto #0
-__all__ = ['SPARSE_DEFAULTS', 'SPARSE_FIELDS', 'layer_densities', 'random_mask', 'RigL', 'CigL', 'SparseConfig', 'sparse_config',
-           'warmup_step_scheduler', 'run_sparse']
+__all__ = ['SPARSE_FIELDS', 'layer_densities', 'random_mask', 'RigL', 'CigL', 'SparseConfig', 'sparse_config',
+           'warmup_step_scheduler', 'SparseRun', 'run_sparse']
 
 # %% ../nbs/08_sparse_training.ipynb #f1ee135b
 def layer_densities(shapes: dict[str, tuple], sparsity: float, distribution: str = "erk", dense=()) -> dict[str, float]:
     "Density per layer for total `sparsity`: 'uniform' or 'erk'; the layers in `dense` stay dense."
-    if not 0 < sparsity < 1: raise ValueError(f"sparsity must be in (0, 1), got {sparsity!r}")
-    if distribution not in ("erk", "uniform"): raise ValueError(f"unknown distribution {distribution!r}; choose 'erk' or 'uniform'")
+    if not 0 < sparsity < 1: raise LotteryError(f"sparsity must be in (0, 1), got {sparsity!r}")
+    if distribution not in ("erk", "uniform"): raise LotteryError(f"unknown distribution {distribution!r}; choose 'erk' or 'uniform'")
     n = {k: math.prod(s) for k, s in shapes.items()}
     raw = {k: (sum(s) / math.prod(s) if distribution == "erk" else 1.0) for k, s in shapes.items()}
     dense = set(dense)
     while True:
         budget = (1 - sparsity) * sum(n.values()) - sum(n[k] for k in dense)
         free = [k for k in shapes if k not in dense]
-        if budget <= 0 or not free: raise ValueError(f"sparsity {sparsity} cannot be reached with the dense layers {sorted(dense)}")
+        if budget <= 0 or not free: raise LotteryError(f"sparsity {sparsity} cannot be reached with the dense layers {sorted(dense)}")
         eps = budget / sum(raw[k] * n[k] for k in free)
         over = [k for k in free if eps * raw[k] > 1]
         if not over: return {k: 1.0 if k in dense else eps * raw[k] for k in shapes}
@@ -205,13 +204,16 @@ class SparseConfig(LotteryConfig):
     @property
     def run_name(self) -> str: return f"{self.preset.name}-{self.method}-sparsity{self.sparsity:g}-seed{self.seed}-{self.key}"
 
+    def __post_init__(self): self.validate()
+
     def validate(self):
-        if self.method not in ("rigl", "cigl"): raise ValueError(f"unknown sparse method {self.method!r}; choose 'rigl' or 'cigl'")
-        if not 0 < self.sparsity < 1: raise ValueError(f"sparsity must be in (0, 1), got {self.sparsity!r}")
-        if self.distribution not in ("erk", "uniform"): raise ValueError(f"unknown distribution {self.distribution!r}; choose 'erk' or 'uniform'")
+        "Refuse impossible values with a `LotteryError` that says what is valid."
+        if self.method not in ("rigl", "cigl"): raise LotteryError(f"unknown sparse method {self.method!r}; choose 'rigl' or 'cigl'")
+        if not 0 < self.sparsity < 1: raise LotteryError(f"sparsity must be in (0, 1), got {self.sparsity!r}")
+        if self.distribution not in ("erk", "uniform"): raise LotteryError(f"unknown distribution {self.distribution!r}; choose 'erk' or 'uniform'")
         for name in ("drop_fraction", "end_fraction", "swa_start"):
-            if not 0 < getattr(self, name) <= 1: raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
-        if self.delta_t < 1 or self.dpnum < 2: raise ValueError(f"delta_t must be >= 1 and dpnum >= 2, got {self.delta_t}, {self.dpnum}")
+            if not 0 < getattr(self, name) <= 1: raise LotteryError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        if self.delta_t < 1 or self.dpnum < 2: raise LotteryError(f"delta_t must be >= 1 and dpnum >= 2, got {self.delta_t}, {self.dpnum}")
 
     def make_method(self):
         "A factory (model, mask) -> the RigL or CigL object that keeps and updates the mask."
@@ -220,28 +222,14 @@ class SparseConfig(LotteryConfig):
         return lambda model, mask: CigL(model, mask, **kw, dpnum=self.dpnum, swa_start=self.swa_start)
 
 # %% ../nbs/08_sparse_training.ipynb #041b463e
-PRESETS["cifar10_resnet50"] = Preset("cifar10_resnet50", "cifar10", "resnet50", "sgd", 0.1, 250, 128, momentum=0.9, weight_decay=1e-4,
-                                     milestones=(100, 150, 200), gamma=0.5, pruning_scope="global", rounds=0)
-BUDGETS["quick"]["cifar10_resnet50"] = dict(epochs=20, rounds=0)
-BUDGETS["smoke"]["cifar10_resnet50"] = dict(epochs=1, rounds=0, max_train_samples=256, max_test_samples=256)
-
-SPARSE_DEFAULTS = {  # (budget, preset) -> (preset overrides, SparseConfig overrides)
-    ("paper", "cifar10_resnet50"): ({}, dict(warmup_epochs=5)),
-    ("quick", "cifar10_resnet50"): ({}, dict(warmup_epochs=1)),
-    ("quick", "mnist_lenet"): (dict(epochs=10), {}), ("quick", "fashion_mnist_lenet"): (dict(epochs=10), {}),
-    ("quick", "digits_lenet"): (dict(epochs=20), dict(delta_t=20)),
-}
 SPARSE_FIELDS = tuple(f for f in SparseConfig.__dataclass_fields__ if f not in LotteryConfig.__dataclass_fields__)
 
-def sparse_config(preset: str, method: str, sparsity: float, seed: int = 0, budget: str = "quick", **overrides) -> SparseConfig:
-    "The configuration of a sparse run; `overrides` may name preset fields or `SparseConfig` fields."
-    p_over, s_over = SPARSE_DEFAULTS.get((budget, preset), ({}, {}))
-    if budget == "smoke": s_over = {"delta_t": 5, **s_over}
+def sparse_config(preset: str, method: str, sparsity: float, seed: int = 0, budget: str = DEFAULT_BUDGET, **overrides) -> SparseConfig:
+    "The configuration of a sparse run at `budget` (see `presets.SPARSE_BUDGETS`); `overrides` may name preset fields or `SparseConfig` fields."
+    p_over, s_over = sparse_budget(preset, budget)
     s_over = {**s_over, **{k: v for k, v in overrides.items() if k in SPARSE_FIELDS}}
     p = get_preset(preset, budget, **{**p_over, **{k: v for k, v in overrides.items() if k not in SPARSE_FIELDS}})
-    cfg = SparseConfig(p, "none", {}, seed, method=method, sparsity=sparsity, **s_over)
-    cfg.validate()
-    return cfg
+    return SparseConfig(p, "none", {}, seed, method=method, sparsity=sparsity, **s_over)
 
 def warmup_step_scheduler(warmup_epochs: int):
     "A scheduler factory: linear warm-up over `warmup_epochs`, then the preset's step decay."
@@ -253,30 +241,22 @@ def warmup_step_scheduler(warmup_epochs: int):
     return make
 
 # %% ../nbs/08_sparse_training.ipynb #3b2a5903
-def run_sparse(preset: str, method: str, sparsity: float, seed: int = 0, out_dir="sparse", budget: str = "quick",
-               device: str = "auto", data_root=None, download: bool = False, progress: bool = True, **overrides) -> RunDir:
+class SparseRun(Run):
+    "Sparse training from scratch: one round from a random ERK (or uniform) mask, kept and updated by RigL or CigL."
+    def round_mask(self, r: int, model) -> Mask:
+        "A random mask with the configuration's layer densities, drawn from the run's seed."
+        params = prunable_parameters(model)
+        dens = layer_densities({k: tuple(p.shape) for k, p in params.items()}, self.cfg.sparsity, self.cfg.distribution)
+        return random_mask(params, dens, torch.Generator().manual_seed(self.cfg.seed))
+
+    def round_method(self, model, mask: Mask) -> RoundMethod: return self.cfg.make_method()(model, mask)
+    def exclusions(self, model) -> tuple: return ()  # the sparsity is of every prunable weight
+
+    def make_scheduler(self, optimizer):
+        if not self.cfg.warmup_epochs: return super().make_scheduler(optimizer)
+        return warmup_step_scheduler(self.cfg.warmup_epochs)(optimizer, self.cfg.preset.milestones, self.cfg.preset.gamma)
+
+def run_sparse(preset: str, method: str, sparsity: float, seed: int = 0, out_dir="sparse", budget: str = DEFAULT_BUDGET,
+               ctx: RunContext | None = None, **overrides) -> RunDir:
     "Sparse training from scratch with RigL or CigL at `sparsity`; resumable; returns the `RunDir`."
-    cfg = sparse_config(preset, method, sparsity, seed, budget, **overrides)
-    run = RunDir(Path(out_dir) / cfg.run_name)
-    if run.done(0) and run.read_config() is not None:
-        run.claim(cfg); return run
-    train, test = run_data(cfg.preset, data_root, download)
-    strat = cfg.make_strategy()
-    model = build_model(cfg, strat)
-    run.claim(cfg)  # a mismatched directory is refused before anything is touched
-    with run.lock():  # one process at a time in a run directory
-        init = run.path / "init.pt"
-        if not init.exists(): save_torch(model.state_dict(), init)
-        init_state = load_torch(init, "initial state", "Move the run directory away and start again.")
-        f = run.round_dir(0) / "mask.pt"
-        if not f.exists():
-            params = prunable_parameters(model)
-            dens = layer_densities({k: tuple(p.shape) for k, p in params.items()}, cfg.sparsity, cfg.distribution)
-            save_torch(random_mask(params, dens, torch.Generator().manual_seed(cfg.seed)), f)
-        mask = load_torch(f, "initial mask", "Delete round_00 to draw it again.")
-        dev = get_device(device)
-        model.to(dev)
-        extra = {"scheduler_fn": warmup_step_scheduler(cfg.warmup_epochs)} if cfg.warmup_epochs else {}
-        _train_round(run, cfg, 0, model, strat, train, BatchLoader(test, 1000, device=dev), mask, {"state": init_state}, dev, progress, (),
-                     method=cfg.make_method(), **extra)
-    return run
+    return SparseRun(sparse_config(preset, method, sparsity, seed, budget, **overrides), out_dir, ctx).run()

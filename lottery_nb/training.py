@@ -15,6 +15,7 @@ if importlib.util.find_spec("ipywidgets") is not None: from tqdm.auto import tqd
 else: from tqdm.std import tqdm  # tqdm.auto would warn "IProgress not found" in a notebook, then draw this text bar anyway
 
 from .calibration import mean_logprob, stochastic_logits
+from .data import LotteryError
 from .metrics import calibration_report
 
 # %% auto #0
@@ -26,8 +27,8 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     "The torch device for `device` ('auto', 'cpu', 'cuda', 'cuda:1', 'mps', ...)."
     if str(device) != "auto":
         try: dev = torch.device(device)
-        except RuntimeError: raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
-        if dev.type == "cuda" and not torch.cuda.is_available(): raise ValueError(f"device {device!r} was asked for, but CUDA is not available; use --device cpu or auto")
+        except RuntimeError: raise LotteryError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+        if dev.type == "cuda" and not torch.cuda.is_available(): raise LotteryError(f"device {device!r} was asked for, but CUDA is not available; use --device cpu or auto")
         return dev
     if torch.cuda.is_available(): return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return torch.device("mps")
@@ -69,7 +70,7 @@ def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0
     fused = _fusable(params) or None
     if name == "adam": return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "sgd": return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
-    raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
+    raise LotteryError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
 
 def make_scheduler(optimizer: torch.optim.Optimizer, milestones=(), gamma: float = 0.1):
     "Step decay: the learning rate times `gamma` at each epoch in `milestones` (None when there are none)."

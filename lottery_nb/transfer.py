@@ -6,17 +6,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from .data import BatchLoader, get_spec
+from .data import LotteryError, get_spec
+from .lottery import LotteryConfig, LotteryRun
 # (Preset: the inherited field annotations of TransferConfig are resolved in this module, by show_doc and typing tools)
-from .lottery import (LotteryConfig, Preset, RunDir, RunDirError, _ticket_start, _train_round, build_model, load_torch,
-                                run_data, save_torch)
-from .models import pruning_exclusions
-from .training import get_device
+from .presets import Preset
+from .pruning import Mask
+from .runs import Run, RunContext, RunDir, RunDirError, load_torch
 
 # %% auto #0
-__all__ = ['TransferConfig', 'check_pair', 'load_source', 'transfer_config_from', 'transfer_config', 'run_transfer']
+__all__ = ['TransferConfig', 'check_pair', 'load_source', 'transfer_config_from', 'transfer_config', 'TransferRun',
+           'run_transfer']
 
 # %% ../nbs/07_transfer.ipynb #92dfd9af
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def check_pair(source_dataset: str, target_dataset: str):
     "Refuse a source/target pair whose input shape or number of classes differ."
     s, t = get_spec(source_dataset), get_spec(target_dataset)
     if (s.input_shape, s.num_classes) != (t.input_shape, t.num_classes):
-        raise ValueError(f"cannot transfer tickets from {source_dataset} (input {s.input_shape}, {s.num_classes} classes) to "
+        raise LotteryError(f"cannot transfer tickets from {source_dataset} (input {s.input_shape}, {s.num_classes} classes) to "
                          f"{target_dataset} (input {t.input_shape}, {t.num_classes} classes): the shapes must match")
 
 def load_source(source) -> tuple[RunDir, LotteryConfig]:
@@ -53,7 +53,7 @@ def load_source(source) -> tuple[RunDir, LotteryConfig]:
 def transfer_config_from(scfg: LotteryConfig, target: str, loss: str = "ce", seed: int | None = None, **overrides) -> TransferConfig:
     "The configuration of the transfer of source configuration `scfg`'s tickets to `target`."
     check_pair(scfg.preset.dataset, target)
-    if loss not in ("ce", "source"): raise ValueError(f"unknown transfer loss {loss!r}; choose 'ce' (plain cross-entropy) or 'source' (the source's strategy)")
+    if loss not in ("ce", "source"): raise LotteryError(f"unknown transfer loss {loss!r}; choose 'ce' (plain cross-entropy) or 'source' (the source's strategy)")
     preset = scfg.preset.replace(dataset=target, **overrides)
     strategy, hparams = ("none", {}) if loss == "ce" else (scfg.strategy, scfg.strategy_hparams)
     return TransferConfig(preset, strategy, dict(hparams), scfg.seed if seed is None else seed, scfg.run_name, scfg.key, scfg.strategy, loss)
@@ -64,34 +64,30 @@ def transfer_config(source, target: str, loss: str = "ce", seed: int | None = No
     return src, scfg, transfer_config_from(scfg, target, loss, seed, **overrides)
 
 # %% ../nbs/07_transfer.ipynb #b73c0c05
+class TransferRun(Run):
+    "The tickets of the chosen finished rounds of a source lottery run, each trained on the target: its mask and its rewinding target are the source's."
+    def __init__(self, source, cfg: TransferConfig, rounds: list[int] | None = None, out_dir="transfer", ctx: RunContext | None = None):
+        super().__init__(cfg, out_dir, ctx)
+        src, scfg = load_source(source)
+        self.source = LotteryRun(scfg, ctx=self.ctx, path=src.path)
+        finished = src.finished_rounds()
+        self._rounds = finished if rounds is None else list(rounds)
+        missing = sorted(set(self._rounds) - set(finished))
+        if missing or not self._rounds:
+            raise RunDirError(f"source {src.path} has finished rounds {finished}, not {missing or self._rounds}: run it further first (`lottery_nb run` resumes it)")
+
+    @property
+    def rounds(self) -> list[int]: return self._rounds
+    def prepare(self, model): "Nothing: the tickets start from the source's θ₀."
+
+    def round_mask(self, r: int, model) -> Mask:
+        "The source's mask of round `r`."
+        return load_torch(self.source.dir.round_dir(r) / "mask.pt", f"mask of source round {r}", "The source run is damaged.")
+
+    def round_start(self, r: int) -> dict: return self.source.round_start(r)
+
 def run_transfer(source, target: str, out_dir="transfer", loss: str = "ce", rounds: list[int] | None = None,
-                 seed: int | None = None, device: str = "auto", data_root=None, download: bool = False,
-                 progress: bool = True, **overrides) -> RunDir:
+                 seed: int | None = None, ctx: RunContext | None = None, **overrides) -> RunDir:
     "Train the tickets of the finished rounds of `source` on `target` (all, or `rounds`); resumable; returns the `RunDir`."
-    src, scfg, cfg = transfer_config(source, target, loss, seed, **overrides)
-    finished = src.finished_rounds()
-    rounds = finished if rounds is None else list(rounds)
-    missing = sorted(set(rounds) - set(finished))
-    if missing or not rounds:
-        raise RunDirError(f"source {src.path} has finished rounds {finished}, not {missing or rounds}: run it further first (`lottery_nb run` resumes it)")
-    strat = cfg.make_strategy()
-    run = RunDir(Path(out_dir) / cfg.run_name)
-    if all(run.done(r) for r in rounds) and run.read_config() is not None:
-        run.claim(cfg); return run
-    train, test = run_data(cfg.preset, data_root, download)
-    dev = get_device(device)
-    model = build_model(cfg, strat)
-    strat.check_model(model)
-    run.claim(cfg)  # a mismatched directory is refused before anything is touched
-    with run.lock():  # one process at a time in a run directory
-        src_init = load_torch(src.path / "init.pt", "initial state of the source", "The source run is damaged: run it again.")
-        exclude = pruning_exclusions(model) if cfg.preset.exclude_paper else ()
-        test_loader = BatchLoader(test, 1000, device=dev)
-        model.to(dev)
-        for r in rounds:
-            if run.done(r): continue
-            f = run.round_dir(r) / "mask.pt"
-            if not f.exists(): save_torch(load_torch(src.round_dir(r) / "mask.pt", f"mask of source round {r}", "The source run is damaged."), f)
-            mask = load_torch(f, f"mask of round {r}", "Delete that round's folder to copy it again from the source.")
-            _train_round(run, cfg, r, model, strat, train, test_loader, mask, _ticket_start(src, scfg, r, src_init), dev, progress, exclude)
-    return run
+    _, _, cfg = transfer_config(source, target, loss, seed, **overrides)
+    return TransferRun(source, cfg, rounds, out_dir, ctx).run()

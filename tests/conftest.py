@@ -75,3 +75,18 @@ def tiny_svhn(tmp_path, monkeypatch) -> Path:
         split_list[split] = ["http://example.invalid/" + name, name, md5(tmp_path / name)]
     monkeypatch.setattr(torchvision.datasets.SVHN, "split_list", split_list)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def no_global_state_left_changed():
+    """Every test leaves PyTorch's thread count and the project's environment variables as it found them: a leak would
+    change later tests' numbers. (Libraries set variables of their own when first imported or when they start workers,
+    such as KMP_DUPLICATE_LIB_OK or Dask's MKL_NUM_THREADS; those are not the tests' doing.)"""
+    import torch
+    ours = lambda: {k: v for k, v in os.environ.items() if k.startswith("LOTTERY_NB_")}
+    threads, env = torch.get_num_threads(), ours()
+    yield
+    assert torch.get_num_threads() == threads, f"the test changed torch's thread count from {threads} to {torch.get_num_threads()}"
+    now = ours()
+    changed = sorted(k for k in set(env) | set(now) if env.get(k) != now.get(k))
+    assert not changed, f"the test changed environment variables: {changed}"

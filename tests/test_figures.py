@@ -62,8 +62,9 @@ def test_reliability_and_convergence_tools_on_smoke_runs(tmp_path):
     from pathlib import Path
     from lottery_nb.figures import bins_from_rows
     from lottery_nb.lottery import run_lottery
+    from lottery_nb.runs import RunContext
     tools = Path(__file__).resolve().parents[1] / "tools"
-    runs = [run_lottery("digits_lenet", s, rounds=2, budget="smoke", out_dir=tmp_path / "runs", progress=False) for s in ("none", "lwcc")]
+    runs = [run_lottery("digits_lenet", s, rounds=2, budget="smoke", out_dir=tmp_path / "runs", ctx=RunContext(progress=False)) for s in ("none", "lwcc")]
     out = tmp_path / "bins.csv"
     r = subprocess.run([sys.executable, tools / "reliability.py", tmp_path / "runs", "--seed", "0", "--out", out], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

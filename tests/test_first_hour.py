@@ -10,7 +10,9 @@ import pytest
 
 from helpers import background_cli, cli, wait_until
 from lottery_nb.figures import checks_markdown, run_checks
-from lottery_nb.lottery import get_preset, run_lottery
+from lottery_nb.lottery import run_lottery
+from lottery_nb.presets import get_preset
+from lottery_nb.runs import RunContext
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +26,7 @@ def main_job_budget() -> str:
 @pytest.mark.parametrize("strategy", ["none", "lwcc", "vwcc"])
 def test_main_job_trains_each_strategy_to_a_sensible_point(tmp_path, strategy):
     "At the README main job's budget, the dense digits networks reach the accuracy a converged LeNet has (> 95%)."
-    run = run_lottery("digits_lenet", strategy, rounds=0, budget=main_job_budget(), out_dir=tmp_path, progress=False)
+    run = run_lottery("digits_lenet", strategy, rounds=0, budget=main_job_budget(), out_dir=tmp_path, ctx=RunContext(progress=False))
     assert run.round_metrics()[0]["accuracy"] > 0.95
 
 
@@ -55,8 +57,8 @@ def test_checks_flag_dead_classes_and_unconverged_rounds(tmp_path):
 
 
 def test_status_finds_runs_anywhere_under_the_folder(tmp_path):
-    run_lottery("digits_lenet", "none", rounds=0, budget="smoke", out_dir=tmp_path / "repro" / "runs", progress=False)
-    run_lottery("digits_lenet", "lwcc", rounds=0, budget="smoke", out_dir=tmp_path / "repro" / "more" / "deeper", progress=False)
+    run_lottery("digits_lenet", "none", rounds=0, budget="smoke", out_dir=tmp_path / "repro" / "runs", ctx=RunContext(progress=False))
+    run_lottery("digits_lenet", "lwcc", rounds=0, budget="smoke", out_dir=tmp_path / "repro" / "more" / "deeper", ctx=RunContext(progress=False))
     r = cli("status", str(tmp_path / "repro"))
     assert r.returncode == 0, r.stderr
     assert "runs/digits_lenet-none-seed0" in r.stdout and "more/deeper/digits_lenet-lwcc-seed0" in r.stdout
@@ -114,10 +116,10 @@ RUN = ("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smo
 
 def test_truncated_files_are_named_rebuilt_and_nothing_intact_is_lost(tmp_path):
     from lottery_nb.figures import load_results
-    from lottery_nb.lottery import RunDirError
+    from lottery_nb.runs import RunDirError
     out = tmp_path / "runs"
     assert cli(*RUN, "--out", str(out)).returncode == 0
-    other = run_lottery("digits_lenet", "lwcc", rounds=0, budget="smoke", out_dir=out, progress=False)
+    other = run_lottery("digits_lenet", "lwcc", rounds=0, budget="smoke", out_dir=out, ctx=RunContext(progress=False))
     run = next(out.glob("digits_lenet-none-*"))
     good = json.loads((run / "round_01" / "metrics.json").read_text())
     csv = (run / "metrics.csv").read_text()
@@ -170,7 +172,7 @@ def test_a_finished_run_says_so_instead_of_reprinting(tmp_path):
 def test_grid_progress_counts_epochs_and_names_the_run_at_work(tmp_path):
     "The reproduction's bar counts epochs over the whole grid (finished rounds and the round under way) and shows the run at work."
     from lottery_nb.reproduce import _grid_progress
-    run = run_lottery("digits_lenet", "none", rounds=1, budget="smoke", out_dir=tmp_path, progress=False)  # 2 rounds of 3 epochs
+    run = run_lottery("digits_lenet", "none", rounds=1, budget="smoke", out_dir=tmp_path, ctx=RunContext(progress=False))  # 2 rounds of 3 epochs
     at = json.loads((run.path / "progress.json").read_text())
     assert at == {"round": 1, "epoch": 3, "epochs": 3}  # written by the run after each epoch
     todo = [(run.path, 2, 3), (tmp_path / "not-started", 2, 3)]

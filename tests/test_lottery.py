@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from helpers import background_cli, cli, wait_until
-from lottery_nb.lottery import (PRESETS, LotteryConfig, RunDir, RunDirError, get_preset, run_lottery, run_status)
+from lottery_nb.lottery import LotteryConfig, run_lottery
+from lottery_nb.presets import PRESETS, get_preset
+from lottery_nb.runs import RunContext, RunDir, RunDirError, run_status
 
-SMOKE = dict(budget="smoke", progress=False)
+SMOKE = dict(budget="smoke", ctx=RunContext(progress=False))
 
 
 def test_paper_presets_match_methods():
@@ -41,7 +43,7 @@ def test_run_directory_contents(tmp_path):
     for x in m: assert {"accuracy", "ece", "mce", "nll", "brier", "sparsity"} <= set(x)
     # the diagnostics of issue 15, recomputed from the round's saved weights on the test set
     from lottery_nb.data import BatchLoader
-    from lottery_nb.lottery import build_model, run_data
+    from lottery_nb.runs import build_model, run_data
     from lottery_nb.calibration import get_strategy
     from lottery_nb.training import predict
     from torchmetrics.functional.classification import multiclass_calibration_error
@@ -184,22 +186,21 @@ def test_status(tmp_path):
 
 
 def test_real_mnist_smoke_run(real_data, tmp_path):
-    run = run_lottery("mnist_lenet", "none", rounds=1, out_dir=tmp_path, data_root=real_data, **SMOKE)
+    run = run_lottery("mnist_lenet", "none", rounds=1, out_dir=tmp_path, budget="smoke", ctx=RunContext(progress=False, data_root=real_data))
     m = run.round_metrics()
     assert len(m) == 2 and m[1]["sparsity"]["fc1.weight"] == pytest.approx(80.0, abs=0.01)
     assert m[1]["sparsity"]["fc.weight"] == pytest.approx(90.0, abs=0.01)
     assert m[0]["accuracy"] > 0.5  # 2,000 images, one epoch at the paper's lr 1e-4
 
 
-def test_channels_last_rounds_give_the_same_tickets(tiny_cifar10, tmp_path, monkeypatch):
+def test_channels_last_rounds_give_the_same_tickets(tiny_cifar10, tmp_path):
     """A ResNet-18 lottery run in channels-last (forced on the CPU here; the default on CUDA) against the same
     run in the default format: the same metrics up to rounding, the same pruned masks, and the choice recorded."""
     from lottery_nb.lottery import run_lottery
     runs = {}
     for flag in ("0", "1"):
-        monkeypatch.setenv("LOTTERY_NB_CHANNELS_LAST", flag)
-        runs[flag] = run_lottery("cifar10_resnet18", "none", rounds=1, budget="smoke", data_root=tiny_cifar10, device="cpu",
-                                 out_dir=tmp_path / f"cl{flag}", progress=False)
+        ctx = RunContext(device="cpu", data_root=tiny_cifar10, progress=False, channels_last=flag == "1")
+        runs[flag] = run_lottery("cifar10_resnet18", "none", rounds=1, budget="smoke", out_dir=tmp_path / f"cl{flag}", ctx=ctx)
     for r in (0, 1):
         a, b = (json.loads((runs[f].round_dir(r) / "metrics.json").read_text()) for f in ("0", "1"))
         assert a["channels_last"] is False and b["channels_last"] is True and a["amp"] is False

@@ -9,7 +9,7 @@ from torch import nn
 
 from helpers import background_cli, cli, wait_until
 from lottery_nb.data import BatchLoader, load_in_memory
-from lottery_nb.lottery import RunDir
+from lottery_nb.runs import RunContext, RunDir
 from lottery_nb.models import get_model, prunable_parameters
 from lottery_nb.sparse import CigL, RigL, layer_densities, random_mask, run_sparse
 from lottery_nb.training import fit
@@ -72,10 +72,10 @@ def _train(cls, epochs=3, delta_t=7, **kw):
                 log["grown_zero"].append(bool((w[grown] == 0).all()) and all(
                     (b[grown] == 0).all() for b in opt.state[w].values() if torch.is_tensor(b) and b.shape == w.shape))
     def after_epoch(e, row):
-        if hasattr(method, "after_epoch"): method.after_epoch(e)
+        method.after_epoch(e)  # every RoundMethod has the hook (a no-op for RigL)
         log["snapshots"].append([p.detach().clone() for p in m.parameters()])
-    fit(m, dl, epochs, opt, loss_fn=method.wrap_loss(ce) if hasattr(method, "wrap_loss") else ce,
-        before_step=getattr(method, "before_step", None), after_step=after_step, after_epoch=after_epoch, progress=False)
+    fit(m, dl, epochs, opt, loss_fn=method.wrap_loss(ce), before_step=method.before_step, after_step=after_step, after_epoch=after_epoch,
+        progress=False)
     return m, method, mask, log
 
 
@@ -133,9 +133,9 @@ def test_sparse_run_directory_and_resume_after_kill(tmp_path):
 
 
 def test_rigl_run_api_and_rerun_is_a_no_op(tmp_path):
-    r = run_sparse("digits_lenet", "rigl", 0.95, out_dir=tmp_path, budget="smoke", progress=False)
+    r = run_sparse("digits_lenet", "rigl", 0.95, out_dir=tmp_path, budget="smoke", ctx=RunContext(progress=False))
     stamp = (r.round_dir(0) / "final.pt").stat().st_mtime_ns
-    again = run_sparse("digits_lenet", "rigl", 0.95, out_dir=tmp_path, budget="smoke", progress=False)
+    again = run_sparse("digits_lenet", "rigl", 0.95, out_dir=tmp_path, budget="smoke", ctx=RunContext(progress=False))
     assert again.path == r.path and (r.round_dir(0) / "final.pt").stat().st_mtime_ns == stamp
     assert r.round_metrics()[0]["remaining"] == pytest.approx(5.0, abs=0.05)
     final = torch.load(r.round_dir(0) / "final.pt")

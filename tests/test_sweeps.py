@@ -12,11 +12,13 @@ import torch
 
 from helpers import background_cli, cli, wait_until
 from lottery_nb.figures import load_results
-from lottery_nb.lottery import RunDir
-from lottery_nb.reproduce import _call, run_grid, run_jobs, usable_cores
+from lottery_nb.reproduce import Grid, _call, run_grid, run_jobs, usable_cores
+from lottery_nb.runs import RunContext, RunDir
 
 
-GRID = dict(dataset="digits", strategies=["none", "mixup"], seeds=[0], budget="smoke", rounds=1, device="cpu", progress=False)
+GRID = Grid(["digits"], ["none", "mixup"], [0], "smoke", rounds=1)
+SLOW_GRID = Grid(["digits"], ["none", "mixup"], [0], "smoke", rounds=1, overrides={"epochs": 60})  # long enough to kill a worker mid-round
+CPU = RunContext(device="cpu", progress=False)
 
 
 def strip(run: RunDir):
@@ -33,16 +35,17 @@ def threads(n: int):
 
 def test_process_pool_gives_the_same_runs_as_in_process(tmp_path):
     with threads(max(1, usable_cores() // 2)):  # what each of two workers gets
-        ref = run_grid(**GRID, out=tmp_path / "ref")
-    par = run_grid(**GRID, out=tmp_path / "par", workers=2)
+        ref = run_grid(GRID, "digits", tmp_path / "ref", CPU)
+    par = run_grid(GRID, "digits", tmp_path / "par", CPU.replace(workers=2))
     assert [r.path.name for r in par] == [r.path.name for r in ref]
     assert all(strip(a) == strip(b) for a, b in zip(par, ref))
     assert all(len(r.finished_rounds()) == 2 for r in par)
 
 
 def test_worker_threads_share_the_cores():
-    assert _call(torch.get_num_threads, {}, threads=1) == 1
-    with pytest.raises(ValueError, match="workers"): run_jobs([], workers=0)
+    with threads(torch.get_num_threads()):  # _call sets this process's thread count, as it does in a worker
+        assert _call(torch.get_num_threads, {}, threads=1) == 1
+    with pytest.raises(ValueError, match="workers"): run_jobs([], RunContext(workers=0))
 
 
 def test_lock_refuses_a_second_process_and_a_killed_run_resumes(tmp_path):
@@ -68,7 +71,7 @@ def kill_a_worker_mid_round(out, worker_pids, **grid) -> tuple[list[RunDir], Run
     the worker process that holds its lock (one of `worker_pids()`). Returns the grid's result, the run and its round."""
     result, error = [], []
     def go():
-        try: result.extend(run_grid(**GRID, out=out, overrides={"epochs": 60}, **grid))
+        try: result.extend(run_grid(SLOW_GRID, "digits", out, CPU.replace(**grid)))
         except Exception as e: error.append(e)
     th = threading.Thread(target=go); th.start()
     t0 = time.time()
@@ -103,7 +106,7 @@ def children() -> set[int]:
 
 def test_process_pool_worker_lost_mid_run_resumes_in_a_new_pool(tmp_path):
     with threads(max(1, usable_cores() // 2)):  # what each of two workers gets
-        ref = run_grid(**GRID, out=tmp_path / "ref", overrides={"epochs": 60})
+        ref = run_grid(SLOW_GRID, "digits", tmp_path / "ref", CPU)
     result, victim, victim_round = kill_a_worker_mid_round(tmp_path / "pool", children, workers=2)
     assert_resumed_exactly(result, ref, victim, victim_round)
 
@@ -111,7 +114,7 @@ def test_process_pool_worker_lost_mid_run_resumes_in_a_new_pool(tmp_path):
 def test_dask_worker_lost_mid_run_resumes_elsewhere(tmp_path):
     from distributed import Client, LocalCluster
     with threads(1):  # Dask's workers run with OMP_NUM_THREADS=1
-        ref = run_grid(**GRID, out=tmp_path / "ref", overrides={"epochs": 60})
+        ref = run_grid(SLOW_GRID, "digits", tmp_path / "ref", CPU)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
         worker_pids = lambda: set(client.run(os.getpid).values())
         result, victim, victim_round = kill_a_worker_mid_round(tmp_path / "dask", worker_pids, scheduler=cluster.scheduler_address)

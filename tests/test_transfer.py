@@ -7,23 +7,24 @@ import pytest
 import torch
 
 from helpers import background_cli, cli, wait_until
-import lottery_nb.lottery as lottery
-from lottery_nb.lottery import RunDir, RunDirError, run_lottery
+import lottery_nb.runs as runs_module
+from lottery_nb.lottery import run_lottery
+from lottery_nb.runs import RunContext, RunDir, RunDirError
 from lottery_nb.transfer import run_transfer
 
-SMOKE = dict(budget="smoke", progress=False)
+SMOKE = dict(budget="smoke", ctx=RunContext(progress=False))
 
 
 @pytest.fixture
 def record_starts(monkeypatch):
     "Record every round's model state right after rewinding (what the round's training starts from)."
     starts = []
-    original = lottery.rewind
+    original = runs_module.rewind
     def spy(model, mask, state=None, seed=None):
         out = original(model, mask, state=state, seed=seed)
         starts.append(({k: v.detach().cpu().clone() for k, v in model.named_parameters()}, {k: m.clone() for k, m in mask.items()}))
         return out
-    monkeypatch.setattr(lottery, "rewind", spy)
+    monkeypatch.setattr(runs_module, "rewind", spy)
     return starts
 
 
@@ -32,7 +33,7 @@ def test_target_uses_the_source_masks_and_initial_values(tmp_path, record_starts
     extra = dict(rewind=rewind, rewind_step=4) if rewind == "late" else dict(rewind=rewind)
     src = run_lottery("digits_a_lenet", "vwcc", rounds=2, out_dir=tmp_path / "runs", **SMOKE, **extra)
     source_starts = list(record_starts); record_starts.clear()
-    tgt = run_transfer(src.path, "digits_b", tmp_path / "transfer", progress=False)
+    tgt = run_transfer(src.path, "digits_b", tmp_path / "transfer", ctx=RunContext(progress=False))
     assert len(source_starts) == len(record_starts) == 3
     for r, ((sw, sm), (tw, tm)) in enumerate(zip(source_starts, record_starts)):
         assert sm.keys() == tm.keys() and all(torch.equal(sm[k], tm[k]) for k in sm), f"mask of round {r}"
@@ -52,12 +53,12 @@ def test_target_uses_the_source_masks_and_initial_values(tmp_path, record_starts
 
 def test_source_loss_and_rounds(tmp_path):
     src = run_lottery("digits_a_lenet", "lwcc", rounds=2, out_dir=tmp_path / "runs", **SMOKE)
-    t = run_transfer(src.path, "digits_b", tmp_path / "transfer", loss="source", rounds=[0, 2], progress=False)
+    t = run_transfer(src.path, "digits_b", tmp_path / "transfer", loss="source", rounds=[0, 2], ctx=RunContext(progress=False))
     assert t.finished_rounds() == [0, 2] and json.loads((t.path / "config.json").read_text())["config"]["strategy"] == "lwcc"
     with pytest.raises(RunDirError, match="run it further"):
-        run_transfer(src.path, "digits_b", tmp_path / "transfer", rounds=[3], progress=False)
+        run_transfer(src.path, "digits_b", tmp_path / "transfer", rounds=[3], ctx=RunContext(progress=False))
     with pytest.raises(ValueError, match="loss"):
-        run_transfer(src.path, "digits_b", tmp_path / "transfer", loss="mse", progress=False)
+        run_transfer(src.path, "digits_b", tmp_path / "transfer", loss="mse", ctx=RunContext(progress=False))
 
 
 def test_bad_pairs_and_sources_exit_2(tmp_path):

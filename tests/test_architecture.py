@@ -1,0 +1,115 @@
+"""The seams of issue 16: presets complete at import, one run skeleton with a declared round interface, one error type,
+one context object, one grid, options generated from the fields that document them."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import cli
+from lottery_nb.data import LotteryError, parent_dataset
+from lottery_nb.lottery import LotteryConfig, LotteryRun, run_lottery
+from lottery_nb.presets import BUDGETS, PRESETS, get_preset
+from lottery_nb.pruning import MaskedTraining
+from lottery_nb.reproduce import Grid
+from lottery_nb.runs import Run, RunContext, RunDir
+
+
+def test_presets_are_complete_at_import_whatever_else_is_imported():
+    "What `get_preset` knows does not depend on import order: a fresh interpreter that imports only the presets sees them all."
+    code = "import lottery_nb.presets as p; print(sorted(p.PRESETS)); print(sorted(p.BUDGETS['quick']))"
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code_after = "import lottery_nb.sparse, lottery_nb.transfer, lottery_nb.reproduce; " + code
+    after = subprocess.run([sys.executable, "-c", code_after], capture_output=True, text=True, check=True).stdout
+    assert alone == after and "cifar10_resnet50" in alone and "cifar10a_resnet18" in alone
+
+
+def test_run_and_sparse_offer_the_same_presets():
+    run_help, sparse_help = cli("run", "--help").stdout, cli("sparse", "--help").stdout
+    for name in PRESETS: assert name in run_help and name in sparse_help, name
+
+
+def test_halves_share_their_parents_budgets_and_defaults():
+    assert parent_dataset("cifar10a") == "cifar10" and parent_dataset("fashion_mnist_b") == "fashion_mnist"
+    for half, parent in [("cifar10a_resnet18", "cifar10_resnet18"), ("mnist_a_lenet", "mnist_lenet")]:
+        for budget in BUDGETS:
+            a, b = get_preset(half, budget), get_preset(parent, budget)
+            assert a.replace(name=b.name, dataset=b.dataset) == b, (half, budget)
+    from lottery_nb.calibration import get_strategy
+    assert get_strategy("mda", "mnist_a").weight == get_strategy("mda", "mnist").weight == 0.5
+
+
+def test_amp_is_part_of_the_hash_only_when_asked_for():
+    base = LotteryConfig(get_preset("digits_lenet", "quick"), "lwcc")
+    assert base.key == "7fa3d98b4cc1"  # the folder of the committed quick run, as before the field existed
+    amp = LotteryConfig(get_preset("digits_lenet", "quick", amp=True), "lwcc")
+    assert amp.key != base.key and amp.to_dict()["preset"]["amp"] is True and "amp" not in base.to_dict()["preset"]
+    assert LotteryConfig.from_dict(json.loads(json.dumps(amp.to_dict()))) == amp
+
+
+class Recording(MaskedTraining):
+    "MaskedTraining that records which hooks the round trainer called."
+    calls: list = []
+    def attach(self, optimizer, loader, epochs): Recording.calls.append("attach")
+    def wrap_loss(self, loss_fn): Recording.calls.append("wrap_loss"); return loss_fn
+    def after_epoch(self, epoch): Recording.calls.append(f"epoch {epoch}")
+    def finish(self, loader): Recording.calls.append("finish")
+    def remove(self): Recording.calls.append("remove")
+
+
+def test_a_round_method_is_plugged_in_through_the_declared_interface(tmp_path):
+    "A `Run` subclass that declares its round method gets every hook called, in order, and the mask kept."
+    class RecordingRun(Run):
+        def round_method(self, model, mask): return Recording(model, mask)
+    Recording.calls = []
+    cfg = LotteryConfig(get_preset("digits_lenet", "smoke"), "none")
+    run = RecordingRun(cfg, tmp_path, RunContext(progress=False)).run()
+    assert Recording.calls == ["attach", "wrap_loss", "epoch 0", "epoch 1", "epoch 2", "finish", "remove"]
+    assert run.finished_rounds() == [0] and (run.round_dir(0) / "mask.pt").exists()
+    same = LotteryRun(cfg, 0, tmp_path / "lottery", RunContext(progress=False)).run()  # the lottery's round 0 is the same dense round
+    a, b = (torch.load(r.round_dir(0) / "final.pt") for r in (run, same))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_user_errors_are_lottery_errors_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    from lottery_nb import cli as cli_module
+    assert cli_module.main(["run", "--preset", "digits_lenet", "--set", "epochs=0"]) == 2  # a LotteryError: one line
+    assert "epochs must be" in capsys.readouterr().err
+    def bug(args): raise ValueError("an internal mistake")
+    monkeypatch.setattr(cli_module, "cmd_status", bug)
+    with pytest.raises(ValueError, match="internal mistake"): cli_module.main(["status", "."])  # not swallowed as a user error
+    for bad in (lambda: get_preset("mnist_lenet", rounds=-1), lambda: RunContext(workers=0), lambda: Grid(["mnist"], ["focal"]),
+                lambda: get_preset("mnist_lenet", milestones=5)):
+        with pytest.raises(LotteryError): bad()
+
+
+def test_context_options_and_field_help_come_from_the_dataclasses():
+    from fastcore.docments import docments
+    text = " ".join(cli("reproduce", "--help").stdout.split())
+    for name, doc in docments(RunContext).items():
+        if name not in ("return", "progress"): assert " ".join(doc.split()) in text, name
+    run_help = " ".join(cli("run", "--help").stdout.split())
+    for name, doc in docments(PRESETS["mnist_lenet"].__class__).items():
+        if name not in ("return", "name"): assert f"{name} {' '.join(doc.split())}" in run_help, name
+    assert "strategy.NAME" in run_help and "lwcc_si: T, form" in run_help
+
+
+def test_grid_is_checked_once_and_serialisable():
+    g = Grid(["digits", "digits_a"], "all", [0, 1], "smoke", sparsities=[0.9])
+    assert Grid(**json.loads(json.dumps(g.to_dict()))) == g
+    assert len(g.lottery("digits")) == 14 and len(g.transfer("digits")) == 0 and len(g.transfer("digits_a")) == 14
+    assert len(g.sparse("digits")) == 4 and len(g.folders("out")) == 14 + 14 + 14 + 4 + 4
+    with pytest.raises(LotteryError, match="sparsity"): Grid(["digits"], ["none"], [0], sparsities=[1.0])
+
+
+def test_lists_are_space_separated_and_the_default_budget_is_shared(tmp_path):
+    from lottery_nb.cli import build_parser
+    from lottery_nb.presets import DEFAULT_BUDGET
+    p = build_parser()
+    for argv in (["run", "--preset", "digits_lenet"], ["sparse", "--preset", "digits_lenet", "--method", "rigl", "--sparsity", "0.9"], ["reproduce"]):
+        assert p.parse_args(argv).budget == DEFAULT_BUDGET
+    a = p.parse_args(["reproduce", "--strategies", "none", "lwcc", "--seeds", "0", "1", "--datasets", "digits", "digits_a"])
+    assert a.strategies == ["none", "lwcc"] and a.seeds == [0, 1] and a.datasets == ["digits", "digits_a"]
+    import re
+    assert re.search(r"--seed\b", cli("reproduce", "--help").stdout) is None and "--seeds" in cli("reproduce", "--help").stdout  # no duplicate
