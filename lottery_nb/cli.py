@@ -168,7 +168,7 @@ def cmd_sparse(args):
     overrides, hparams = parse_overrides(args.set)
     if hparams: raise CLIError("--set strategy.* does not apply to sparse training")
     run = run_sparse(args.preset, args.method, args.sparsity, args.seed, args.out, args.budget, _context(args), **overrides)
-    return _report_run(run, ["remaining", "accuracy", "ece", "mce", "nll", "brier", "seconds"])
+    return _report_run(run, ["remaining", "accuracy", "ece", "ece_10", "mce", "nll", "brier", "confidence", "seconds"])  # ece_10: CigL's 10 bins
 
 def cmd_reproduce(args):
     "The papers' grid through the experiment notebooks, then figures, results.csv and summary.md."

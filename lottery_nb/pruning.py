@@ -35,7 +35,7 @@ class RoundMethod:
     mask: Mask  # the mask at the end of training (a dynamic rule changes it)
     def attach(self, optimizer, loader, epochs: int): "Before training: the optimiser, the batches and the number of epochs."
     def wrap_loss(self, loss_fn): "The loss to train with (default: `loss_fn` itself)."; return loss_fn
-    def before_step(self): "Between the backward pass and the optimiser step."
+    def before_step(self) -> bool | None: "Between the backward pass and the optimiser step; `False` replaces the step's update (see `fit`)."
     def after_step(self): "After each optimiser step."
     def after_epoch(self, epoch: int): "After epoch `epoch` (0-based), before its checkpoint is written."
     def finish(self, loader): "After the last epoch (e.g. weight averaging: the final model replaces the last iterate)."

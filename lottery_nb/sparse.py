@@ -51,62 +51,64 @@ def random_mask(params: dict[str, torch.Tensor], densities: dict[str, float], ge
 
 # %% ../nbs/08_sparse_training.ipynb #8a10b4a9
 class RigL(MaskedTraining):
-    "Dynamic sparse training: the mask is kept like `MaskedTraining` and updated every `delta_t` steps (drop by magnitude, grow by gradient)."
+    "Dynamic sparse training: the mask is kept like `MaskedTraining` and updated every `delta_t` steps (drop by magnitude, grow by gradient) instead of that step's update."
     def __init__(self, model: nn.Module, mask: Mask, delta_t: int = 100, drop_fraction: float = 0.3, end_fraction: float = 0.75):
         super().__init__(model, {k: m.clone() for k, m in mask.items()})
         params = dict(model.named_parameters())
         self.mask = {k: m for k, (_, m) in zip(mask, self.pairs)}  # MaskedTraining's boolean masks, updated in place
         self.params = {k: params[k] for k in mask}
         self.delta_t, self.drop_fraction, self.end_fraction = delta_t, drop_fraction, end_fraction
-        self.step, self.total_steps, self.optimizer, self.dense_grad, self.updates = 0, None, None, {}, []
+        self.step, self.total_steps, self.optimizer, self.updates = 0, None, None, []
 
     def attach(self, optimizer, loader, epochs: int):
-        "Know the optimiser (to reset the state of grown weights) and the length of training."
+        "Know the optimiser (to reset the state of dropped and grown weights) and the length of training."
         self.optimizer, self.total_steps = optimizer, epochs * len(loader)
 
-    def _update_due(self, step: int) -> bool:
-        return self.total_steps is not None and step % self.delta_t == 0 and step < self.end_fraction * self.total_steps
+    def update_due(self, step: int) -> bool:
+        "Whether training step `step` (1-based) is a mask update, as the official `(global_step + 1) % interval == 0` and `global_step < end`."
+        return self.total_steps is not None and step % self.delta_t == 0 and step - 1 < self.end_fraction * self.total_steps
 
     @torch.no_grad()
-    def before_step(self):
-        "Keep the dense gradient when this step ends with a mask update; then mask the gradients."
-        if self._update_due(self.step + 1):
-            self.dense_grad = {k: p.grad.detach().clone() for k, p in self.params.items() if p.grad is not None}
+    def before_step(self) -> bool:
+        "At an update step: update the mask from the dense gradient and skip the optimiser step. Else mask the gradients."
+        if self.update_due(self.step + 1):
+            self.update_masks({k: p.grad for k, p in self.params.items() if p.grad is not None})
+            return False
         super().before_step()
+        return True
 
     def after_step(self):
         self.step += 1
         self.apply()
-        if self._update_due(self.step) and self.dense_grad: self.update_masks()
 
     def drop_fraction_at(self, step: int) -> float:
         return self.drop_fraction / 2 * (1 + math.cos(math.pi * step / (self.end_fraction * self.total_steps)))
 
     @torch.no_grad()
-    def update_masks(self):
-        "Drop the smallest-magnitude active weights and grow as many inactive ones with the largest dense gradient, per layer."
-        f, record = self.drop_fraction_at(self.step), {"step": self.step}
+    def update_masks(self, dense_grad: dict):
+        "Drop the smallest-magnitude active weights and grow as many inactive ones with the largest dense gradient, per layer; grown weights start at zero."
+        # the official decay's value, set at the previous optimiser step (its counter: the steps before that one)
+        f, record = self.drop_fraction_at(max(self.step - 1, 0)), {"step": self.step + 1}
         for k, m in self.mask.items():
+            if k not in dense_grad: continue
             w, flat = self.params[k], m.flatten().clone()  # logical order, whatever the memory format
-            k_move = round(f * int(flat.sum()))
+            k_move = math.ceil(f * int(flat.sum()))
             if k_move == 0: continue
             was = flat.clone()
             score = torch.where(flat, w.detach().abs().flatten(), torch.full_like(flat, float("inf"), dtype=w.dtype))
             drop = torch.topk(score, k_move, largest=False).indices
             flat[drop] = False
-            grow_score = torch.where(flat, torch.full_like(flat, -1.0, dtype=w.dtype), self.dense_grad[k].abs().flatten())
+            grow_score = torch.where(flat, torch.full_like(flat, -1.0, dtype=w.dtype), dense_grad[k].abs().flatten())
             grow = torch.topk(grow_score, k_move).indices
             flat[grow] = True
             m.copy_(flat.view(m.shape))
-            new = torch.zeros_like(flat)
-            new[grow[~was[grow]]] = True  # a weight dropped and grown again in the same update keeps its value
-            new = new.view(w.shape)
-            w.masked_fill_(new, 0.0)
+            grown = torch.zeros_like(flat); grown[grow] = True
+            w.masked_fill_(grown.view(w.shape), 0.0)
+            reset = (~flat).view(w.shape)  # the official reset_momentum: state times the new mask (a regrown weight keeps its own)
             for buf in (self.optimizer.state.get(w, {}) if self.optimizer is not None else {}).values():
-                if torch.is_tensor(buf) and buf.shape == w.shape: buf.masked_fill_(new, 0.0)
+                if torch.is_tensor(buf) and buf.shape == w.shape: buf.masked_fill_(reset, 0.0)
             record[k] = (k_move, k_move)  # dropped, grown
         self.refresh()  # the float masks follow; dropped weights to zero
-        self.dense_grad = {}
         self.updates.append(record)
 
     def state_dict(self) -> dict:
@@ -119,47 +121,38 @@ class RigL(MaskedTraining):
 
 # %% ../nbs/08_sparse_training.ipynb #74a1ee52
 class CigL(RigL):
-    "RigL plus a random mask at every step (each active weight dropped with probability 1/dpnum) and weight averaging."
+    "RigL plus a random mask redrawn at every step (each active weight dropped with probability 1/dpnum) and weight averaging, as in CigL's official code."
     def __init__(self, model: nn.Module, mask: Mask, delta_t: int = 100, drop_fraction: float = 0.3, end_fraction: float = 0.75,
                  dpnum: int = 100, swa_start: float = 0.8):
         super().__init__(model, mask, delta_t, drop_fraction, end_fraction)
         self.model, self.dpnum, self.swa_start = model, dpnum, swa_start
-        self.scale = dpnum / (dpnum - 1)
-        self.keep, self.saved, self.avg, self.n_avg, self.epochs = {}, {}, None, 0, None
+        self.keep = {k: torch.ones_like(p, dtype=torch.bool) for k, p in self.params.items()}  # the current random mask r
+        self.real = {k: p.detach().clone() for k, p in self.params.items()}  # w~: the real values of the dropped weights
+        self.avg, self.n_avg, self.epochs = None, 0, None
 
     def attach(self, optimizer, loader, epochs: int):
         super().attach(optimizer, loader, epochs); self.epochs = epochs
 
-    def wrap_loss(self, loss_fn):
-        "The loss with this step's random mask applied to the weights."
-        def loss(model, x, y):
-            with torch.no_grad():
-                for k, w in self.params.items():
-                    self.saved[k] = w.detach().clone()
-                    self.keep[k] = torch.rand(w.shape, device=w.device) >= 1 / self.dpnum
-                    w.mul_(self.keep[k] * self.scale)
-            return loss_fn(model, x, y)
-        return loss
+    def draw(self, w: torch.Tensor) -> torch.Tensor:
+        "A random mask for `w`: each entry kept unless `randint(0, dpnum)` draws dpnum − 1 (the official `dp_generate`)."
+        return torch.randint_like(w, 0, self.dpnum) < self.dpnum - 1
 
     @torch.no_grad()
-    def before_step(self):
-        "Back to the real weights; RigL's dense gradient and mask; the gradient of the randomly dropped weights zero, the others scaled."
-        for k, w in self.params.items(): w.copy_(self.saved[k])
-        super().before_step()
-        for k, w in self.params.items():
-            if w.grad is not None: w.grad.mul_(self.keep[k] * self.scale)
-
-    @torch.no_grad()
-    def after_step(self):
-        for k, w in self.params.items():  # the randomly dropped weights are unchanged by the step
-            dropped = ~self.keep[k]
-            w[dropped] = self.saved[k][dropped]
-        super().after_step()
+    def before_step(self) -> bool:
+        "Store the kept weights, restore the dropped ones, draw the next random mask and drop by it; then RigL (mask update or masked gradients)."
+        if self.update_due(self.step + 1): return super().before_step()  # the mask update replaces the step: no redraw
+        for (k, w), (_, m) in zip(self.params.items(), self.mask.items()):
+            kept = self.keep[k] & m
+            self.real[k] = torch.where(kept, w, self.real[k])  # 1. store
+            w.copy_(torch.where(kept, w, self.real[k]))        # 2. restore ...
+            self.keep[k] = self.draw(w)                        #    ... draw r' ...
+            w.mul_(self.keep[k] & m)                           #    ... and drop by it
+        return super().before_step()                           # 3.-4.: masked gradients, the step, the sparse mask
 
     @torch.no_grad()
     def after_epoch(self, epoch: int):
-        "Add the weights at the end of epoch `epoch` (0-based) to the average once averaging has started."
-        if epoch + 1 <= self.swa_start * self.epochs: return
+        "Add the weights at the end of epoch `epoch` (0-based) to the average from epoch swa_start · epochs on (inclusive)."
+        if epoch + 1 < self.swa_start * self.epochs: return
         params = [p.detach() for p in self.model.parameters()]
         if self.avg is None: self.avg = [torch.zeros_like(p) for p in params]
         self.n_avg += 1
@@ -174,13 +167,16 @@ class CigL(RigL):
             torch.optim.swa_utils.update_bn(loader, self.model)
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "avg": None if self.avg is None else [a.cpu().clone() for a in self.avg], "n_avg": self.n_avg}
+        return {**super().state_dict(), "avg": None if self.avg is None else [a.cpu().clone() for a in self.avg], "n_avg": self.n_avg,
+                "keep": {k: v.cpu().clone() for k, v in self.keep.items()}, "real": {k: v.cpu().clone() for k, v in self.real.items()}}
 
     def load_state_dict(self, state: dict):
         super().load_state_dict(state)
         self.n_avg = state["n_avg"]
         if state["avg"] is not None:
             self.avg = [a.to(p.device) for a, p in zip(state["avg"], self.model.parameters())]
+        self.keep = {k: state["keep"][k].to(p.device) for k, p in self.params.items()}
+        self.real = {k: state["real"][k].to(p.device) for k, p in self.params.items()}
 
 # %% ../nbs/08_sparse_training.ipynb #2cf9253a
 @dataclass(frozen=True)

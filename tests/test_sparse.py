@@ -1,6 +1,8 @@
 """Sparse training: ERK/uniform densities, RigL's and CigL's invariants on real training steps, weight averaging,
 resumable sparse runs, the CLI and the reproduction's sparse figure."""
+import copy
 import json
+import math
 import signal
 
 import pytest
@@ -51,30 +53,31 @@ def _train(cls, epochs=3, delta_t=7, **kw):
     dl = BatchLoader(load_in_memory("digits"), 60, shuffle=True)
     opt = torch.optim.SGD(m.parameters(), 0.05, momentum=0.9, weight_decay=1e-3)
     method = cls(m, mask, delta_t=delta_t, **kw); method.attach(opt, dl, epochs)
-    log = {"snapshots": [], "unchanged": [], "grown_zero": [], "counts": [], "n_updates": 0}
+    log = {"snapshots": [], "grown_zero": [], "counts": [], "n_updates": 0, "skipped": 0}
     ce = lambda model, x, y: nn.functional.cross_entropy(model(x), y)
-    def after_step():
-        n_before = len(method.updates)
-        old_mask = {k: v.clone() for k, v in method.mask.items()}
-        if isinstance(method, CigL):
-            dropped = {k: (~method.keep[k]) & method.mask[k] for k in method.params}
-            before = {k: method.saved[k].clone() for k in method.params}
-        method.after_step()
-        if isinstance(method, CigL):  # (a mask update in this step may still drop or regrow some: compare the others)
-            stay = {k: dropped[k] & method.mask[k] & old_mask[k] for k in dropped}
-            log["unchanged"].append(all(torch.equal(w[stay[k]], before[k][stay[k]]) for k, w in method.params.items()))
-            log["n_dropped"] = log.get("n_dropped", 0) + sum(int(v.sum()) for v in stay.values())
-        log["counts"].append(all(int(method.mask[k].sum()) == counts[k] for k in counts))
-        if len(method.updates) > n_before:
+    old_mask = {}
+    def before_step():
+        old_mask.update({k: v.clone() for k, v in method.mask.items()})
+        before = {k: p.detach().clone() for k, p in method.params.items()}
+        stepped = method.before_step()
+        if stepped is False:  # a mask update replaced the step: nothing but the update moved a weight
+            log["skipped"] += 1
             log["n_updates"] += 1
             for k, w in method.params.items():
                 grown = method.mask[k] & ~old_mask[k]
-                log["grown_zero"].append(bool((w[grown] == 0).all()) and all(
+                kept = method.mask[k] & old_mask[k]
+                unmoved = (w[kept] == before[k][kept]) | (w[kept] == 0)  # kept, or dropped and regrown at zero
+                log["grown_zero"].append(bool((w[grown] == 0).all()) and bool(unmoved.all()) and all(
                     (b[grown] == 0).all() for b in opt.state[w].values() if torch.is_tensor(b) and b.shape == w.shape))
+        return stepped
+    def after_step():
+        method.after_step()
+        log["counts"].append(all(int(method.mask[k].sum()) == counts[k] for k in counts))
+        log["counts"].append(all((w[~method.mask[k]] == 0).all() for k, w in method.params.items()))
     def after_epoch(e, row):
         method.after_epoch(e)  # every RoundMethod has the hook (a no-op for RigL)
         log["snapshots"].append([p.detach().clone() for p in m.parameters()])
-    fit(m, dl, epochs, opt, loss_fn=method.wrap_loss(ce), before_step=method.before_step, after_step=after_step, after_epoch=after_epoch,
+    fit(m, dl, epochs, opt, loss_fn=method.wrap_loss(ce), before_step=before_step, after_step=after_step, after_epoch=after_epoch,
         progress=False)
     return m, method, mask, log
 
@@ -82,10 +85,10 @@ def _train(cls, epochs=3, delta_t=7, **kw):
 def test_rigl_invariants():
     m, rigl, mask0, log = _train(RigL)
     steps = 3 * 23
-    expected = [s for s in range(1, steps + 1) if s % 7 == 0 and s < 0.75 * steps]
-    assert [u["step"] for u in rigl.updates] == expected and log["n_updates"] == len(expected)
-    assert all(log["counts"])  # exact sparsity of every layer after every step and update
-    assert all(log["grown_zero"])  # grown weights and their momentum start at zero
+    expected = [s for s in range(1, steps + 1) if s % 7 == 0 and s - 1 < 0.75 * steps]  # the official (global_step + 1) % 7, global_step < end
+    assert [u["step"] for u in rigl.updates] == expected and log["n_updates"] == log["skipped"] == len(expected)
+    assert all(log["counts"])  # exact sparsity of every layer after every step and update; pruned weights zero
+    assert all(log["grown_zero"])  # the update replaced the step: grown weights and their momentum at zero, the others unmoved
     for u in rigl.updates:
         for k, v in u.items():
             if k != "step": assert v[0] == v[1] > 0  # dropped == grown
@@ -94,18 +97,130 @@ def test_rigl_invariants():
     assert rigl.drop_fraction_at(0) == pytest.approx(0.3) and rigl.drop_fraction_at(0.75 * steps) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_cigl_random_mask_and_weight_averaging():
+def test_rigl_rounds_the_drop_count_up_and_zeroes_every_grown_weight():
+    "Official magnitude_prune: ceil(rate * nonzeros); official abs_grad_growth: every grown weight set to 0, a weight dropped and regrown too."
+    torch.manual_seed(0)
+    m = nn.Linear(10, 1, bias=False)
+    with torch.no_grad(): m.weight.copy_(torch.tensor([[5., 4., 3., 2., 1., 0., 0., 0., 0., 0.]]))
+    mask = {"weight": torch.tensor([[True] * 5 + [False] * 5])}
+    rigl = RigL(m, mask, delta_t=1, drop_fraction=0.5, end_fraction=1.0)
+    rigl.attach(torch.optim.SGD(m.parameters(), 0.1), range(1000), 1)
+    rigl.step = 1  # drop_fraction_at(0) = 0.5: ceil(0.5 * 5) = 3 dropped (round() would give 2)
+    grad = torch.tensor([[0., 0., 0., 0., 9., 8., 7., 0., 0., 0.]])  # the dropped weight 1.0 has the largest gradient: regrown
+    rigl.update_masks({"weight": grad})
+    assert rigl.updates[-1]["weight"] == (3, 3)
+    assert rigl.mask["weight"].tolist() == [[True, True, False, False, True, True, True, False, False, False]]
+    assert m.weight.tolist() == [[5., 4., 0., 0., 0., 0., 0., 0., 0., 0.]]  # the regrown weight restarts at zero
+
+
+class OfficialCigL:
+    """CigL's `Masking` in step-end mode, transcribed from StevenBoys/CigL (`sparselearning/core.py`: `step`, `apply_w_raw`,
+    `apply_dropout`, `dp_generate`, `apply_mask`, `reset_momentum`; `funcs/prune.py`: `magnitude_prune`; `funcs/grow.py`:
+    `abs_grad_growth`; `funcs/decay.py`: `CosineDecay`), with `main.train`'s rule that a mask update replaces the step."""
+    def __init__(self, model, optimizer, mask, dpnum, interval, prune_rate, end_when):
+        self.opt, self.dpnum, self.interval, self.prune_rate, self.end_when = optimizer, dpnum, interval, prune_rate, end_when
+        self.params = {k: p for k, p in model.named_parameters() if k in mask}
+        self.mask = {k: v.float() for k, v in mask.items()}
+        self.dp = {k: torch.ones_like(p) for k, p in self.params.items()}
+        for k, p in self.params.items(): p.data = p.data * self.mask[k]  # init: apply_mask
+        # add_module: w_raw_dict[name] = weight.data. Officially this aliases the dense weights before init's apply_mask; here the
+        # masked ones, the one deliberate difference (a never-active weight grown and dropped at once restarts at zero, not at θ0 * s)
+        self.raw = {k: p.data for k, p in self.params.items()}
+        self.mask_step = 0
+
+    def rate(self):  # CosineAnnealingLR(prune_rate, T_max=end_when) as stepped to mask_step by the last step()
+        t = max(self.mask_step - 1, 0)
+        return self.prune_rate * (1 + math.cos(math.pi * t / self.end_when)) / 2
+
+    @torch.no_grad()
+    def step(self):
+        s = self.dpnum / (self.dpnum - 1)
+        for k, w in self.params.items():  # apply_w_raw
+            self.raw[k] = self.raw[k] * (1 - self.dp[k] * self.mask[k]) + w.data * self.dp[k] * self.mask[k] * (self.dpnum - 1) / self.dpnum
+        for k, w in self.params.items():  # apply_dropout
+            w.data = w.data * self.dp[k] * self.mask[k] + self.raw[k] * (1 - self.dp[k] * self.mask[k]) * s
+            self.dp[k] = (torch.randint_like(w, 0, self.dpnum) < self.dpnum - 1).float()
+            w.data = w.data * self.dp[k] * self.mask[k]
+        self.opt.step()
+        for k, w in self.params.items(): w.data = w.data * self.mask[k]  # apply_mask
+        self.reset_momentum()
+        self.mask_step += 1
+
+    @torch.no_grad()
+    def reset_momentum(self):
+        for k, w in self.params.items():
+            buf = self.opt.state[w].get("momentum_buffer")
+            if buf is not None: buf *= self.mask[k]
+
+    @torch.no_grad()
+    def update_connections(self):
+        rate = self.rate()
+        for k, w in self.params.items():
+            nonzeros = int(self.mask[k].sum()); zeros = self.mask[k].numel() - nonzeros
+            num_remove = math.ceil(rate * nonzeros)
+            if num_remove == 0: continue
+            new = self.mask[k].clone()
+            _, idx = torch.sort(torch.abs(w.data.view(-1)))
+            new.view(-1)[idx[: zeros + num_remove]] = 0.0
+            new = new.bool()
+            grad = w.grad * (new == 0).float()
+            _, idx = torch.sort(torch.abs(grad).flatten(), descending=True)
+            new.view(-1)[idx[:num_remove]] = True
+            w.data.view(-1)[idx[:num_remove]] = 0.0
+            self.mask[k] = new.float()
+        for k, w in self.params.items(): w.data = w.data * self.mask[k]
+        self.reset_momentum()
+        self.mask_step += 1
+
+    def train_step(self, global_step: int):  # main.train: the update replaces the step
+        if global_step < self.end_when and (global_step + 1) % self.interval == 0: self.update_connections()
+        else: self.step()
+
+
+def test_cigl_follows_the_official_code_step_by_step():
+    """Our CigL and the transcription of the official code, side by side on the same LeNet, batches and random draws:
+    the same weights after every step (the official s = dpnum/(dpnum-1) factors cancel: no weight is ever scaled),
+    the same masks after every update."""
+    torch.manual_seed(0)
+    base = get_model("lenet_300_100", input_shape=(1, 8, 8))
+    params = prunable_parameters(base)
+    mask = random_mask(params, layer_densities({k: tuple(p.shape) for k, p in params.items()}, 0.9), torch.Generator().manual_seed(0))
+    data = load_in_memory("digits")
+    batches = [(x.clone(), y.clone()) for x, y in BatchLoader(data, 30)][:40]  # normalised, in order
+    models = [copy.deepcopy(base) for _ in range(2)]
+    opts = [torch.optim.SGD(mm.parameters(), 0.05, momentum=0.9, weight_decay=1e-4) for mm in models]
+    ours = CigL(models[0], mask, delta_t=7, drop_fraction=0.3, end_fraction=0.75, dpnum=5)
+    ours.attach(opts[0], batches, 1)
+    ref = OfficialCigL(models[1], opts[1], mask, dpnum=5, interval=7, prune_rate=0.3, end_when=0.75 * len(batches))
+    gen_state = torch.get_rng_state()
+    for t, (x, y) in enumerate(batches):
+        for i, (mm, opt) in enumerate(zip(models, opts)):
+            torch.set_rng_state(gen_state)  # both draw the same random masks
+            opt.zero_grad(); nn.functional.cross_entropy(mm(x), y).backward()
+            if i == 0:
+                if ours.before_step() is not False: opt.step()
+                ours.after_step()
+            else: ref.train_step(t)
+        gen_state = torch.get_rng_state()
+        for k, p in models[0].named_parameters():
+            q = dict(models[1].named_parameters())[k]
+            assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), (t, k, (p - q).abs().max())
+        for k in mask: assert torch.equal(ours.mask[k], ref.mask[k].bool()), (t, k)
+    assert len(ours.updates) == 4  # steps 7, 14, 21, 28 (global_step < 30)
+    dropped = sum(int((~ours.keep[k] & ours.mask[k]).sum()) for k in mask)
+    held = sum(int(((~ours.keep[k] & ours.mask[k]) & (models[0].state_dict()[k] != 0)).sum()) for k in mask)
+    assert dropped > 0 and held > 0.5 * dropped  # a dropped weight holds its small update, not zero, until it is restored
+
+
+def test_cigl_weight_averaging_from_swa_start_inclusive():
     m, cigl, _, log = _train(CigL, epochs=4, dpnum=5, swa_start=0.5)
-    assert len(log["unchanged"]) == 4 * 23 and all(log["unchanged"])  # randomly dropped weights unchanged by each step
-    assert log["n_dropped"] > 1000  # and there were many of them (1 in 5 active weights per step)
     assert all(log["counts"]) and all(log["grown_zero"])
-    assert cigl.n_avg == 2  # the epochs after half of training: 3 and 4
-    mean = [(a + b) / 2 for a, b in zip(log["snapshots"][2], log["snapshots"][3])]
-    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(cigl.avg, mean))
+    assert cigl.n_avg == 3  # official begin_save: epoch + 1 >= 0.5 * 4, so epochs 2, 3 and 4
+    mean = [(a + b + c) / 3 for a, b, c in zip(log["snapshots"][1], log["snapshots"][2], log["snapshots"][3])]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(cigl.avg, mean))
     cigl.finish(None)  # LeNet has no batch norm: the model's weights become the average
-    assert all(torch.allclose(p, b, atol=1e-7) for p, b in zip(m.parameters(), mean))
-    # inverted-dropout scaling: the forward used w * keep * dpnum/(dpnum-1)
-    assert cigl.scale == pytest.approx(5 / 4)
+    assert all(torch.allclose(p, b, atol=1e-6) for p, b in zip(m.parameters(), mean))
+    assert not hasattr(cigl, "scale")  # no inverted-dropout scaling: the official factors cancel
 
 
 def test_sparse_run_directory_and_resume_after_kill(tmp_path):
@@ -189,3 +304,14 @@ def test_rigl_masks_do_not_depend_on_the_memory_format():
     (m1, w1), (m2, w2) = results
     assert all(torch.equal(m1[k], m2[k]) for k in m1)
     assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(w1, w2))
+
+
+def test_sparse_command_reports_ece_at_10_bins_beside_15(tmp_path):
+    "CigL's paper reports ECE with 10 bins: the sparse command prints it beside ours (15), as every round's metrics.json records it."
+    r = cli("sparse", "--preset", "digits_lenet", "--method", "rigl", "--sparsity", "0.9", "--budget", "smoke", "--quiet",
+            "--device", "cpu", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    header, row = r.stdout.splitlines()[:2]
+    m = json.loads(next(tmp_path.glob("*/round_00/metrics.json")).read_text())
+    values = dict(zip(header.split(), row.split()))
+    assert float(values["ece_10"]) == pytest.approx(m["ece_10"], abs=1e-4) and float(values["ece"]) == pytest.approx(m["ece"], abs=1e-4)
