@@ -22,7 +22,8 @@ __all__ = ['HASH_OMITS_AT_DEFAULT', 'CONVERGENCE_COLUMNS', 'LotteryConfig', 'Lot
            'round_model', 'convergence_table']
 
 # %% ../nbs/06_lottery.ipynb #b6484df9
-HASH_OMITS_AT_DEFAULT = {"amp": False}  # preset fields newer than the first runs: hashed only when not at these defaults
+HASH_OMITS_AT_DEFAULT = {"amp": False, "nesterov": False, "decay_bn_bias": True, "warmup_steps": 0, "decay_every_steps": 0,
+                         "validation_split": 0.0, "init": "default"}  # preset fields newer than the first runs: hashed only when not at these defaults
 
 @dataclass(frozen=True)
 class LotteryConfig:

@@ -14,9 +14,9 @@ from torch import nn
 from .data import LotteryError
 
 # %% auto #0
-__all__ = ['VGG19_STAGES', 'MODELS', 'DEFAULT_INPUT_SHAPE', 'Dropout', 'LeNet300100', 'BasicBlock', 'CifarResNet', 'ResNet18',
-           'Bottleneck', 'ResNet50', 'VGG19', 'get_model', 'count_parameters', 'prunable_parameters',
-           'pruning_exclusions']
+__all__ = ['VGG19_STAGES', 'MODELS', 'DEFAULT_INPUT_SHAPE', 'INITS', 'Dropout', 'LeNet300100', 'BasicBlock', 'CifarResNet',
+           'ResNet18', 'Bottleneck', 'ResNet50', 'VGG19', 'get_model', 'count_parameters', 'official_init',
+           'prunable_parameters', 'pruning_exclusions']
 
 # %% ../nbs/01_models.ipynb #89b91070
 class Dropout(nn.Dropout):
@@ -168,6 +168,20 @@ def get_model(name: str, num_classes: int = 10, dropout: float = 0.0, input_shap
 def count_parameters(model: nn.Module) -> int:
     "Number of trainable parameters."
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+# %% ../nbs/01_models.ipynb #1a1b0002
+INITS = ("default", "official")
+
+@torch.no_grad()
+def official_init(model: nn.Module) -> nn.Module:
+    "CigL's ResNet initialisation: Kaiming-normal (fan-out) convolutions, batch norms at 1 and 0, each residual block's last batch norm at 0."
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d): nn.init.constant_(m.weight, 1); nn.init.constant_(m.bias, 0)
+    for m in model.modules():
+        if isinstance(m, Bottleneck): nn.init.constant_(m.bn3.weight, 0)
+        elif isinstance(m, BasicBlock): nn.init.constant_(m.bn2.weight, 0)
+    return model
 
 # %% ../nbs/01_models.ipynb #6811c473
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

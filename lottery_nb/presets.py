@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 
 from .data import LotteryError, get_spec
-from .models import MODELS
+from .models import INITS, MODELS
 
 # %% auto #0
 __all__ = ['LENET_PRUNING', 'HALF_PRESETS', 'PRESETS', 'BUDGETS', 'DEFAULT_BUDGET', 'DATASET_PRESETS', 'SOURCE_HALVES',
@@ -57,6 +57,12 @@ class Preset:
     max_test_samples: int | None = None   # evaluate on the first n test samples (smoke budgets)
     rounds: int = 20                # default number of pruning rounds after the dense round 0
     amp: bool = False               # bfloat16 autocast on CUDA: faster on some GPUs, other numbers (off in the papers' setups)
+    nesterov: bool = False          # SGD with Nesterov momentum (CigL's official code)
+    decay_bn_bias: bool = True      # weight decay on batch-norm parameters and biases too (CigL's official code: not)
+    warmup_steps: int = 0           # linear learning-rate warm-up over the first steps (then decay by steps, see decay_every_steps)
+    decay_every_steps: int = 0      # learning rate times gamma every this many steps after the warm-up (0: at the epoch milestones)
+    validation_split: float = 0.0   # hold out the last fraction of the training set, in file order (CigL's official code: 0.1)
+    init: str = "default"           # 'default' (PyTorch's) or 'official' (CigL's ResNet initialisation, models.official_init)
 
     def __post_init__(self): self.validate()
 
@@ -70,7 +76,12 @@ class Preset:
         for n, q in self.layer_fractions: _fraction(f"layer fraction of {n}", q)
         if self.dropout is not None and not 0 <= self.dropout < 1: raise LotteryError(f"dropout must be in [0, 1), got {self.dropout!r}")
         for name in ("epochs", "batch_size"): _count(name, getattr(self, name), 1)
-        for name in ("rewind_step", "eval_mc_passes"): _count(name, getattr(self, name), 0)
+        for name in ("rewind_step", "eval_mc_passes", "warmup_steps", "decay_every_steps"): _count(name, getattr(self, name), 0)
+        if (self.warmup_steps or self.decay_every_steps) and self.milestones:
+            raise LotteryError("a schedule by steps (warmup_steps, decay_every_steps) replaces the epoch milestones: set milestones=[] too")
+        if not (isinstance(self.validation_split, (int, float)) and 0 <= self.validation_split < 1):
+            raise LotteryError(f"validation_split must be in [0, 1), got {self.validation_split!r}")
+        if self.init not in INITS: raise LotteryError(f"unknown init {self.init!r}; choose one of: {', '.join(INITS)}")
         for name in ("max_train_samples", "max_test_samples"): _count(name, getattr(self, name), 1, none_ok=True)
         check_rounds(self.rounds)
         if not (isinstance(self.milestones, (tuple, list)) and all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in self.milestones)):
@@ -95,8 +106,9 @@ _PAPER = [
     Preset("svhn_vgg19", "svhn", "vgg19", "sgd", 0.05, 100, 250, momentum=0.9, weight_decay=1e-4,
            milestones=(50, 75), pruning_scope="global", rounds=15),
     Preset("digits_lenet", "digits", "lenet_300_100", "adam", 1e-3, 40, 60, **LENET_PRUNING),
-    Preset("cifar10_resnet50", "cifar10", "resnet50", "sgd", 0.1, 250, 128, momentum=0.9, weight_decay=1e-4,
-           milestones=(100, 150, 200), gamma=0.5, pruning_scope="global", rounds=0),
+    Preset("cifar10_resnet50", "cifar10", "resnet50", "sgd", 0.1, 250, 128, momentum=0.9, weight_decay=1e-4, gamma=0.5,
+           pruning_scope="global", rounds=0, nesterov=True, decay_bn_bias=False, warmup_steps=1760, decay_every_steps=20_000,
+           validation_split=0.1, init="official"),
 ]
 # The sources of transfer (Fig. 25): a setup on the first half of its dataset's training set, named after it.
 HALF_PRESETS = {"cifar10a_resnet18": ("cifar10_resnet18", "cifar10a"), "mnist_a_lenet": ("mnist_lenet", "mnist_a"),
@@ -150,10 +162,12 @@ def preset_for(dataset: str, budget: str = "paper", **overrides) -> Preset:
     if dataset not in DATASET_PRESETS: raise LotteryError(f"unknown dataset {dataset!r}; choose from: {', '.join(DATASET_PRESETS)}")
     return get_preset(DATASET_PRESETS[dataset], budget, **overrides)
 
+_CIGL_END = dict(end_fraction=65_918 / 88_000)  # official end_when: mask updates until step 65,918 of 250 x 352
+
 SPARSE_BUDGETS: dict[str, dict[str, tuple[dict, dict]]] = {  # budget -> preset ('*': any) -> (preset fields, SparseConfig fields)
-    "paper": {"cifar10_resnet50": ({}, dict(warmup_epochs=5))},
-    "standard": {"cifar10_resnet50": ({}, dict(warmup_epochs=5))},
-    "quick": {"cifar10_resnet50": ({}, dict(warmup_epochs=1)), "mnist_lenet": (dict(epochs=10), {}),
+    "paper": {"cifar10_resnet50": ({}, _CIGL_END)},
+    "standard": {"cifar10_resnet50": ({}, _CIGL_END)},
+    "quick": {"mnist_lenet": (dict(epochs=10), {}),
               "fashion_mnist_lenet": (dict(epochs=10), {}), "digits_lenet": (dict(epochs=20), dict(delta_t=20))},
     "smoke": {"*": ({}, dict(delta_t=5))},
 }

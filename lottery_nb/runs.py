@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
@@ -23,10 +24,10 @@ except ImportError: fcntl = None
 import lottery_nb
 from .data import BatchLoader, InMemoryDataset, LotteryError, get_spec, load_in_memory
 from .metrics import evaluation_report
-from .models import get_model, pruning_exclusions
+from .models import get_model, official_init, pruning_exclusions
 from .pruning import Mask, MaskedTraining, RoundMethod, full_mask, remaining_percent, rewind, sparsity_report
-from .training import (evaluate, fit, get_device, load_training_state, make_optimizer, make_scheduler, predict,
-                                 training_state)
+from .training import (evaluate, fit, get_device, load_training_state, make_optimizer, make_scheduler,
+                                 make_step_scheduler, predict, training_state)
 
 # %% auto #0
 __all__ = ['LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'STATUS_METRICS', 'LAST_CHECKPOINT', 'RunContext', 'RunDirError',
@@ -226,9 +227,15 @@ def _subset(data: InMemoryDataset, n: int | None) -> InMemoryDataset:
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
     return InMemoryDataset(data.x[idx], data.y[idx], data.spec, data.augment)
 
+def _held_out(data: InMemoryDataset, fraction: float) -> InMemoryDataset:
+    "The training set without its last `fraction`, in file order (the official CigL validation split, without its shuffle)."
+    if not fraction: return data
+    n = int(math.floor((1 - fraction) * len(data)))
+    return InMemoryDataset(data.x[:n], data.y[:n], data.spec, data.augment)
+
 def run_data(preset, root=None, download: bool = False) -> tuple[InMemoryDataset, InMemoryDataset]:
-    "The training and test sets of a preset (subsets for smoke budgets)."
-    train = _subset(load_in_memory(preset.dataset, True, root, download), preset.max_train_samples)
+    "The training and test sets of a preset (less the held-out validation fraction; subsets for smoke budgets)."
+    train = _subset(_held_out(load_in_memory(preset.dataset, True, root, download), preset.validation_split), preset.max_train_samples)
     test = _subset(load_in_memory(preset.dataset, False, root, download), preset.max_test_samples)
     return train, test
 
@@ -236,7 +243,8 @@ def build_model(cfg, strategy) -> torch.nn.Module:
     "The preset's model with the initial weights of the run's seed (`cfg`: any run configuration)."
     spec, p = get_spec(cfg.preset.dataset), cfg.preset
     torch.manual_seed(cfg.seed)
-    return get_model(p.model, spec.num_classes, strategy.dropout if p.dropout is None else p.dropout, spec.input_shape)
+    model = get_model(p.model, spec.num_classes, strategy.dropout if p.dropout is None else p.dropout, spec.input_shape)
+    return official_init(model) if p.init == "official" else model
 
 # %% ../nbs/05b_runs.ipynb #567e1750
 def use_amp(preset, device: torch.device) -> bool:
@@ -268,7 +276,10 @@ class Run:
     def round_mask(self, r: int, model) -> Mask: "Round `r`'s mask, made once (the skeleton saves it as the round's mask.pt)."; return full_mask(model)
     def round_start(self, r: int) -> dict: return {"state": self.initial_state()}
     def round_method(self, model, mask: Mask) -> RoundMethod: return MaskedTraining(model, mask)
-    def make_scheduler(self, optimizer): return make_scheduler(optimizer, self.cfg.preset.milestones, self.cfg.preset.gamma)
+    def make_scheduler(self, optimizer):
+        p = self.cfg.preset
+        if p.warmup_steps or p.decay_every_steps: return make_step_scheduler(optimizer, p.warmup_steps, p.decay_every_steps, p.gamma)
+        return make_scheduler(optimizer, p.milestones, p.gamma)
     def late_rewind(self, r: int) -> tuple[Path, int] | None: return None
     def exclusions(self, model) -> tuple: return pruning_exclusions(model) if self.cfg.preset.exclude_paper else ()
     def check(self): "Refuse what cannot be run, before anything is read or written (default: nothing to check)."
@@ -321,7 +332,7 @@ class Run:
         model.to(dev)
         channels_last = use_channels_last(model, dev, self.ctx.channels_last)
         if channels_last: model.to(memory_format=torch.channels_last)  # before the optimiser (fused kernels: one layout)
-        optimizer = make_optimizer(model, p.optimizer, p.lr, p.momentum, p.weight_decay)
+        optimizer = make_optimizer(model, p.optimizer, p.lr, p.momentum, p.weight_decay, p.nesterov, p.decay_bn_bias)
         scheduler = self.make_scheduler(optimizer)
         torch.manual_seed(round_seed(cfg.seed, r))
         state = {"epoch": 0, "history": [], "seconds": 0.0, "step": 0, "resumed": []}

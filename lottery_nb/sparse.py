@@ -94,7 +94,6 @@ class RigL(MaskedTraining):
             w, flat = self.params[k], m.flatten().clone()  # logical order, whatever the memory format
             k_move = math.ceil(f * int(flat.sum()))
             if k_move == 0: continue
-            was = flat.clone()
             score = torch.where(flat, w.detach().abs().flatten(), torch.full_like(flat, float("inf"), dtype=w.dtype))
             drop = torch.topk(score, k_move, largest=False).indices
             flat[drop] = False
@@ -190,7 +189,7 @@ class SparseConfig(LotteryConfig):
     end_fraction: float = 0.75    # no mask updates after this fraction of training
     dpnum: int = 100              # CigL: each active weight is dropped at random with probability 1/dpnum per step
     swa_start: float = 0.8        # CigL: average the weights of the epochs after this fraction of training
-    warmup_epochs: int = 0        # linear learning-rate warm-up before the preset's step schedule (CigL's ResNet-50 setup: 5)
+    warmup_epochs: int = 0        # linear learning-rate warm-up over epochs before the preset's epoch milestones (CigL's ResNet-50 warms up by steps: its preset's warmup_steps)
 
     def to_dict(self) -> dict:
         keys = ("method", "sparsity", "distribution", "delta_t", "drop_fraction", "end_fraction", "warmup_epochs")

@@ -19,8 +19,8 @@ from .data import LotteryError
 from .metrics import calibration_report
 
 # %% auto #0
-__all__ = ['get_device', 'cross_entropy_loss', 'predict', 'evaluate', 'make_optimizer', 'make_scheduler', 'training_state',
-           'load_training_state', 'fit']
+__all__ = ['get_device', 'cross_entropy_loss', 'predict', 'evaluate', 'make_optimizer', 'make_scheduler', 'make_step_scheduler',
+           'training_state', 'load_training_state', 'fit']
 
 # %% ../nbs/05_training.ipynb #96038815
 def get_device(device: str | torch.device = "auto") -> torch.device:
@@ -64,17 +64,30 @@ def _fusable(params: list[torch.Tensor]) -> bool:
     "Whether PyTorch's fused optimiser kernels take these parameters (floating point, on the CPU or CUDA)."
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
-def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    "Adam or SGD (with momentum and weight decay) over the model's parameters; fused kernels where PyTorch has them."
+def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                   nesterov: bool = False, decay_bn_bias: bool = True) -> torch.optim.Optimizer:
+    "Adam or SGD (momentum, Nesterov, weight decay: on every parameter, or with `decay_bn_bias=False` not on 1-D ones); fused kernels where possible."
     params = list(model.parameters())
     fused = _fusable(params) or None
-    if name == "adam": return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
-    if name == "sgd": return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+    groups = params
+    if not decay_bn_bias and weight_decay:  # batch-norm weights and biases (the one-dimensional parameters) without decay
+        groups = [{"params": [p for p in params if p.ndim > 1]}, {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    if name == "adam": return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "sgd": return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, fused=fused)
     raise LotteryError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
 
 def make_scheduler(optimizer: torch.optim.Optimizer, milestones=(), gamma: float = 0.1):
     "Step decay: the learning rate times `gamma` at each epoch in `milestones` (None when there are none)."
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma) if milestones else None
+
+def make_step_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int = 0, decay_every_steps: int = 0, gamma: float = 0.1):
+    "Per step: linear warm-up over `warmup_steps` (from 0), then the learning rate times `gamma` every `decay_every_steps` steps."
+    def factor(k: int) -> float:
+        if k < warmup_steps: return k / warmup_steps
+        return gamma ** ((k - warmup_steps) // decay_every_steps) if decay_every_steps else 1.0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler.per_step = True  # fit steps it after every training step
+    return scheduler
 
 # %% ../nbs/05_training.ipynb #d89ab0f6
 def training_state(model: nn.Module, optimizer, scheduler=None, loader=None) -> dict:
@@ -99,7 +112,7 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, optimizer: torch.
         start_epoch: int = 0, before_step: Callable | None = None, after_step: Callable | None = None, after_epoch: Callable | None = None,
         progress: bool = True, desc: str = "train", amp: bool = False) -> list[dict]:
     "Train `model` for epochs `start_epoch`..`epochs`-1; returns one dict of metrics per epoch."
-    history = []
+    history, per_step = [], getattr(scheduler, "per_step", False)
     autocast = torch.autocast(next(model.parameters()).device.type, torch.bfloat16) if amp else contextlib.nullcontext()
     bar = tqdm(total=(epochs - start_epoch) * len(train_loader), desc=desc, disable=not progress, leave=False)
     for epoch in range(start_epoch, epochs):
@@ -110,6 +123,7 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, optimizer: torch.
             with autocast: loss = loss_fn(model, x, y)
             loss.backward()
             if before_step is None or before_step() is not False: optimizer.step()
+            if per_step: scheduler.step()
             if after_step is not None: after_step()
             if total is None: total = torch.zeros((), device=loss.device)
             total += loss.detach() * len(y)
@@ -117,7 +131,7 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, optimizer: torch.
             if progress:
                 bar.update()
                 if i % 50 == 0: bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", refresh=False)
-        if scheduler is not None: scheduler.step()
+        if scheduler is not None and not per_step: scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": (total.item() / max(n, 1)) if total is not None else float("nan")}
         if eval_loader is not None:
             row.update(evaluate(model, eval_loader))

@@ -315,3 +315,84 @@ def test_sparse_command_reports_ece_at_10_bins_beside_15(tmp_path):
     m = json.loads(next(tmp_path.glob("*/round_00/metrics.json")).read_text())
     values = dict(zip(header.split(), row.split()))
     assert float(values["ece_10"]) == pytest.approx(m["ece_10"], abs=1e-4) and float(values["ece"]) == pytest.approx(m["ece"], abs=1e-4)
+
+
+# CigL's CIFAR-10 setup, checked against transcriptions of its official code (the preset itself needs a GPU to train)
+
+def test_step_schedule_is_the_official_warmup_then_step_lr():
+    """Official main.py: `scheduler = lr_scheduler if epoch >= warmup_steps / len(train_loader) else warmup_scheduler`, stepped
+    after every step; WarmUpLR: base_lr * last_epoch / total_iters; StepLR(decay_frequency, decay_factor) made with the optimiser."""
+    from lottery_nb.training import make_step_scheduler
+    class WarmUpLR(torch.optim.lr_scheduler._LRScheduler):  # sparselearning/utils/warmup_scheduler.py
+        def __init__(self, optimizer, total_iters, last_epoch=-1):
+            self.total_iters = total_iters
+            super().__init__(optimizer, last_epoch)
+        def get_lr(self): return [base_lr * self.last_epoch / (self.total_iters + 1e-8) for base_lr in self.base_lrs]
+    steps_per_epoch, warmup, every, epochs = 8, 16, 20, 12  # warm-up of 2 epochs, as 1,760 steps are 5 epochs of 352
+    lrs = {}
+    for kind in ("official", "ours"):
+        opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+        if kind == "official":
+            step_lr, warm = torch.optim.lr_scheduler.StepLR(opt, every, gamma=0.5), WarmUpLR(opt, warmup)
+        else: ours = make_step_scheduler(opt, warmup, every, 0.5)
+        lrs[kind] = []
+        for epoch in range(epochs):
+            for _ in range(steps_per_epoch):
+                lrs[kind].append(opt.param_groups[0]["lr"]); opt.step()
+                if kind == "official": (step_lr if epoch >= warmup / steps_per_epoch else warm).step()
+                else: ours.step()
+    assert lrs["ours"] == pytest.approx(lrs["official"], abs=1e-9)
+    assert lrs["ours"][0] == 0 and lrs["ours"][warmup] == pytest.approx(0.1) and lrs["ours"][warmup + every] == pytest.approx(0.05)
+
+
+def test_weight_decay_groups_are_the_official_ones():
+    "Official _add_weight_decay: a parameter with one dimension (batch norm, bias) goes to the group without decay; Nesterov momentum."
+    from lottery_nb.models import get_model
+    from lottery_nb.training import make_optimizer
+    model = get_model("resnet50")
+    no_decay = [p for _, p in model.named_parameters() if len(p.shape) == 1]
+    decay = [p for _, p in model.named_parameters() if len(p.shape) != 1]
+    opt = make_optimizer(model, "sgd", 0.1, 0.9, 1e-4, nesterov=True, decay_bn_bias=False)
+    (g1, g2) = opt.param_groups
+    assert [id(p) for p in g1["params"]] == [id(p) for p in decay] and g1["weight_decay"] == 1e-4
+    assert [id(p) for p in g2["params"]] == [id(p) for p in no_decay] and g2["weight_decay"] == 0.0
+    assert g1["nesterov"] and g1["momentum"] == 0.9
+    plain = make_optimizer(model, "sgd", 0.1, 0.9, 1e-4)  # the other presets: one group, decay everywhere, no Nesterov
+    assert len(plain.param_groups) == 1 and not plain.param_groups[0]["nesterov"]
+
+
+def test_validation_split_holds_out_the_last_tenth():
+    "Official data.py without fixed_shuffle: index_map = arange(n); train = the first floor(0.9 n), validation the rest."
+    from lottery_nb.presets import get_preset
+    from lottery_nb.runs import run_data
+    full, _ = run_data(get_preset("digits_lenet"))
+    train, test = run_data(get_preset("digits_lenet", validation_split=0.1))
+    n = math.floor(0.9 * len(full))
+    assert len(train) == n and torch.equal(train.x, full.x[:n]) and torch.equal(train.y, full.y[:n]) and len(test) > 0
+
+
+def test_official_init_is_the_official_resnet_init():
+    "Official models/resnet.py: kaiming_normal_(fan_out, relu) on every Conv2d, BatchNorm2d at 1 and 0 (in module order), zero_init_residual."
+    from lottery_nb.models import Bottleneck, get_model, official_init
+    torch.manual_seed(0); ours = official_init(get_model("resnet50"))
+    torch.manual_seed(0); ref = get_model("resnet50")
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)): nn.init.constant_(m.weight, 1); nn.init.constant_(m.bias, 0)
+        for m in ref.modules():
+            if isinstance(m, Bottleneck): nn.init.constant_(m.bn3.weight, 0)  # residual_function[-1]: the block's last batch norm
+    a, b = ours.state_dict(), ref.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_cigl_preset_is_the_official_setup():
+    from lottery_nb.sparse import SparseRun, sparse_config
+    cfg = sparse_config("cifar10_resnet50", "cigl", 0.8, budget="paper")
+    p = cfg.preset
+    assert (p.lr, p.momentum, p.weight_decay, p.batch_size, p.epochs, p.gamma) == (0.1, 0.9, 1e-4, 128, 250, 0.5)
+    assert (p.nesterov, p.decay_bn_bias, p.warmup_steps, p.decay_every_steps, p.validation_split, p.init) == (True, False, 1760, 20_000, 0.1, "official")
+    assert p.milestones == () and cfg.warmup_epochs == 0 and (cfg.delta_t, cfg.drop_fraction, cfg.dpnum) == (100, 0.3, 100)
+    steps = p.epochs * math.ceil(45_000 / p.batch_size)  # 352 batches an epoch
+    assert steps == 88_000 and cfg.end_fraction * steps == pytest.approx(65_918)  # conf/specific: end_when 65918
+    assert cfg.swa_start * p.epochs == 200  # begin_save
