@@ -113,3 +113,24 @@ def test_lists_are_space_separated_and_the_default_budget_is_shared(tmp_path):
     assert a.strategies == ["none", "lwcc"] and a.seeds == [0, 1] and a.datasets == ["digits", "digits_a"]
     import re
     assert re.search(r"--seed\b", cli("reproduce", "--help").stdout) is None and "--seeds" in cli("reproduce", "--help").stdout  # no duplicate
+
+
+def test_every_package_the_library_imports_is_a_declared_requirement():
+    "A fresh `pip install -e .` must bring every package `lottery_nb` imports (the dev extra would hide a missing one in CI)."
+    import ast, configparser, importlib.metadata as md, re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    ini = configparser.ConfigParser(); ini.read(root / "settings.ini")
+    declared = lambda key: {re.split(r"[<>=!\[ ]", r)[0].lower().replace("_", "-") for r in ini["DEFAULT"][key].split()}
+    allowed = declared("requirements") | declared("dask_requirements")  # distributed: imported only behind --scheduler
+    dists = md.packages_distributions()
+    missing = set()
+    for f in (root / "lottery_nb").glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "lottery_nb": continue
+                for dist in dists.get(top, [top]):
+                    if dist.lower().replace("_", "-") not in allowed: missing.add(f"{f.name}: {top} ({dist})")
+    assert not missing, f"imported but not in settings.ini's requirements: {sorted(missing)}"
