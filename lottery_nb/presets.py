@@ -16,12 +16,6 @@ __all__ = ['LENET_PRUNING', 'HALF_PRESETS', 'PRESETS', 'BUDGETS', 'DEFAULT_BUDGE
            'SPARSE_BUDGETS', 'check_rounds', 'Preset', 'get_preset', 'transfer_target', 'preset_for', 'sparse_budget']
 
 # %% ../nbs/05a_presets.ipynb #ac78749f
-def check_rounds(rounds: int) -> int:
-    "`rounds` (pruning rounds after the dense round 0) if it is an integer >= 0, else a `LotteryError`."
-    if isinstance(rounds, bool) or not (isinstance(rounds, int) and rounds >= 0):
-        raise LotteryError(f"rounds must be an integer >= 0, got {rounds!r}")
-    return rounds
-
 def _fraction(name: str, q):
     if isinstance(q, bool) or not (isinstance(q, (int, float)) and 0 < q < 1): raise LotteryError(f"{name} must be a fraction in (0, 1), got {q!r}")
 
@@ -29,6 +23,11 @@ def _count(name: str, v, least: int, none_ok: bool = False):
     if v is None and none_ok: return
     if isinstance(v, bool) or not (isinstance(v, int) and v >= least):
         raise LotteryError(f"{name} must be an integer >= {least}{' or None' if none_ok else ''}, got {v!r}")
+
+def check_rounds(rounds: int) -> int:
+    "`rounds` (pruning rounds after the dense round 0) if it is an integer >= 0, else a `LotteryError`."
+    _count("rounds", rounds, 0)
+    return rounds
 
 @dataclass(frozen=True)
 class Preset:

@@ -194,7 +194,7 @@ def run_grid(grid: Grid, dataset: str, out="repro/runs", ctx: RunContext | None 
 
 def run_transfer_grid(grid: Grid, dataset: str, runs="repro/runs", out="repro/transfer", ctx: RunContext | None = None) -> list[RunDir]:
     "Transfer the tickets of every lottery run of a source half's grid (in `runs`) to the other half, with plain cross-entropy."
-    if not grid.transfer(dataset): raise LotteryError(f"{dataset!r} has no transfer target; choose a first half: {', '.join(d for d in DATASET_PRESETS if transfer_target(d))}")
+    if not transfer_target(dataset): raise LotteryError(f"{dataset!r} has no transfer target; choose a first half: {', '.join(d for d in DATASET_PRESETS if transfer_target(d))}")
     return run_jobs([(f"transfer-{cfg.run_name}", run_transfer, dict(source=Path(runs) / cfg.run_name, target=transfer_target(dataset),
                       out_dir=out, loss="ce", rounds=list(range(n + 1)), ctx=ctx)) for cfg, n in grid.lottery(dataset)], ctx)
 
@@ -295,7 +295,7 @@ def reproduce(grid: Grid, out="repro", ctx: RunContext | None = None) -> dict:
         for d in grid.datasets:
             params = dict(dataset=d, strategies=g["strategies"], seeds=g["seeds"], budget=grid.budget, rounds=grid.rounds, runs=str(runs), **where)
             execute(nbs / "lottery_grid.ipynb", out / "notebooks" / f"lottery_grid_{d}.ipynb", params)
-            if grid.transfer(d):
+            if transfer_target(d):
                 execute(nbs / "transfer_grid.ipynb", out / "notebooks" / f"transfer_grid_{d}.ipynb", {**params, "transfer": str(out / "transfer")})
             if grid.sparsities:
                 execute(nbs / "sparse_grid.ipynb", out / "notebooks" / f"sparse_grid_{d}.ipynb",
