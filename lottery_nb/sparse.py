@@ -19,7 +19,7 @@ from .pruning import Mask, MaskedTraining, RoundMethod
 from .runs import Run, RunContext, RunDir
 
 # %% auto #0
-__all__ = ['SPARSE_FIELDS', 'layer_densities', 'random_mask', 'RigL', 'CigL', 'SparseConfig', 'sparse_config',
+__all__ = ['LAYER_COUNTS', 'SPARSE_FIELDS', 'layer_densities', 'random_mask', 'RigL', 'CigL', 'SparseConfig', 'sparse_config',
            'warmup_step_scheduler', 'SparseRun', 'run_sparse']
 
 # %% ../nbs/08_sparse_training.ipynb #f1ee135b
@@ -39,10 +39,16 @@ def layer_densities(shapes: dict[str, tuple], sparsity: float, distribution: str
         if not over: return {k: 1.0 if k in dense else eps * raw[k] for k in shapes}
         dense.add(max(over, key=lambda k: raw[k]))
 
-def random_mask(params: dict[str, torch.Tensor], densities: dict[str, float], generator: torch.Generator) -> Mask:
-    "A mask with exactly round(density · n) randomly placed active weights per layer."
+LAYER_COUNTS = ("exact", "bernoulli")
+
+def random_mask(params: dict[str, torch.Tensor], densities: dict[str, float], generator: torch.Generator, counts: str = "exact") -> Mask:
+    "Randomly placed active weights: exactly round(density · n) per layer (`counts='exact'`), or each weight active with probability density (`'bernoulli'`, the official code's draw)."
+    if counts not in LAYER_COUNTS: raise LotteryError(f"unknown layer_counts {counts!r}; choose 'exact' or 'bernoulli'")
     mask = {}
     for k, p in params.items():
+        if counts == "bernoulli":
+            mask[k] = torch.rand(p.shape, generator=generator) < densities[k]
+            continue
         keep = round(densities[k] * p.numel())
         m = torch.zeros(p.numel(), dtype=torch.bool)
         m[torch.randperm(p.numel(), generator=generator)[:keep]] = True
@@ -190,10 +196,12 @@ class SparseConfig(LotteryConfig):
     dpnum: int = 100              # CigL: each active weight is dropped at random with probability 1/dpnum per step
     swa_start: float = 0.8        # CigL: average the weights of the epochs after this fraction of training
     warmup_epochs: int = 0        # linear learning-rate warm-up over epochs before the preset's epoch milestones (CigL's ResNet-50 warms up by steps: its preset's warmup_steps)
+    layer_counts: str = "exact"   # initial mask: 'exact' (round(density · n) active weights per layer) or 'bernoulli' (each weight active with probability density, as the official code)
 
     def to_dict(self) -> dict:
         keys = ("method", "sparsity", "distribution", "delta_t", "drop_fraction", "end_fraction", "warmup_epochs")
         keys += ("dpnum", "swa_start") if self.method == "cigl" else ()
+        keys += ("layer_counts",) if self.layer_counts != "exact" else ()  # newer than the first runs: hashed only when not at the default
         return {**super().to_dict(), "sparse": {k: getattr(self, k) for k in keys}}
 
     @property
@@ -206,6 +214,7 @@ class SparseConfig(LotteryConfig):
         if self.method not in ("rigl", "cigl"): raise LotteryError(f"unknown sparse method {self.method!r}; choose 'rigl' or 'cigl'")
         if not 0 < self.sparsity < 1: raise LotteryError(f"sparsity must be in (0, 1), got {self.sparsity!r}")
         if self.distribution not in ("erk", "uniform"): raise LotteryError(f"unknown distribution {self.distribution!r}; choose 'erk' or 'uniform'")
+        if self.layer_counts not in LAYER_COUNTS: raise LotteryError(f"unknown layer_counts {self.layer_counts!r}; choose 'exact' or 'bernoulli'")
         for name in ("drop_fraction", "end_fraction", "swa_start"):
             if not 0 < getattr(self, name) <= 1: raise LotteryError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
         if self.delta_t < 1 or self.dpnum < 2: raise LotteryError(f"delta_t must be >= 1 and dpnum >= 2, got {self.delta_t}, {self.dpnum}")
@@ -242,7 +251,7 @@ class SparseRun(Run):
         "A random mask with the configuration's layer densities, drawn from the run's seed."
         params = prunable_parameters(model)
         dens = layer_densities({k: tuple(p.shape) for k, p in params.items()}, self.cfg.sparsity, self.cfg.distribution)
-        return random_mask(params, dens, torch.Generator().manual_seed(self.cfg.seed))
+        return random_mask(params, dens, torch.Generator().manual_seed(self.cfg.seed), self.cfg.layer_counts)
 
     def round_method(self, model, mask: Mask) -> RoundMethod: return self.cfg.make_method()(model, mask)
     def exclusions(self, model) -> tuple: return ()  # the sparsity is of every prunable weight

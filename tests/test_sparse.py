@@ -43,6 +43,34 @@ def test_uniform_and_errors():
     with pytest.raises(ValueError, match="cannot be reached"): layer_densities(shapes, 0.3, dense=["a"])
 
 
+def test_bernoulli_layer_counts_are_the_official_draw_and_hashed_only_when_asked():
+    """layer_counts='bernoulli' keeps each weight with probability density (a binomial count per layer, as the official
+    `torch.rand(shape) < density`); 'exact', the default, keeps round(density * n); the default's hash is unchanged."""
+    params = prunable_parameters(get_model("lenet_300_100"))
+    d = layer_densities({k: tuple(p.shape) for k, p in params.items()}, 0.9)
+    n = {k: p.numel() for k, p in params.items()}
+    counts = {k: [] for k in d}
+    for seed in range(100):
+        exact = random_mask(params, d, torch.Generator().manual_seed(seed))
+        assert all(int(exact[k].sum()) == round(d[k] * n[k]) for k in d)
+        drawn = random_mask(params, d, torch.Generator().manual_seed(seed), "bernoulli")
+        assert all(drawn[k].dtype == torch.bool and drawn[k].shape == params[k].shape for k in d)
+        for k in d: counts[k].append(int(drawn[k].sum()))
+    assert [k for k in d if d[k] == 1] == ["fc.weight"] and set(counts["fc.weight"]) == {n["fc.weight"]}  # ERK keeps it dense
+    for k in ("fc1.weight", "fc2.weight"):
+        c = torch.tensor(counts[k], dtype=torch.float64)
+        sd = math.sqrt(n[k] * d[k] * (1 - d[k]))
+        assert abs(c.mean() - d[k] * n[k]) < 4 * sd / 10  # mean of 100 draws
+        assert 0.6 * sd < c.std() < 1.4 * sd and len(set(counts[k])) > 10  # a real spread, of the binomial's size
+    with pytest.raises(ValueError, match="layer_counts"): random_mask(params, d, torch.Generator(), "poisson")
+    from lottery_nb.sparse import sparse_config
+    base = sparse_config("fashion_mnist_lenet", "cigl", 0.9, 0, "quick", epochs=60, lr=0.001)
+    assert base.key == "bfff387debbb"  # the committed RigL/CigL run of the results page keeps its folder
+    official = sparse_config("fashion_mnist_lenet", "cigl", 0.9, 0, "quick", epochs=60, lr=0.001, layer_counts="bernoulli")
+    assert official.key != base.key and official.to_dict()["sparse"]["layer_counts"] == "bernoulli"
+    with pytest.raises(ValueError, match="layer_counts"): sparse_config("digits_lenet", "rigl", 0.9, layer_counts="binomial")
+
+
 def _train(cls, epochs=3, delta_t=7, **kw):
     "A LeNet on digits at 90% ERK sparsity with `cls`, checking invariants at every step."
     torch.manual_seed(0)
