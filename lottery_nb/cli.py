@@ -145,12 +145,14 @@ def cmd_run(args):
     return _report_run(run.run(), ["round", "remaining", "accuracy", "ece", "nll", "brier", "seconds"])
 
 def cmd_status(args):
-    "A table of the runs under a folder."
-    from lottery_nb.runs import run_status
+    "A table of the runs under a folder; below it, each damaged file and what to do."
+    from lottery_nb.runs import RunDir, run_status
     if not Path(args.folder).is_dir(): raise CLIError(f"no such folder: {args.folder}")
     rows = run_status(args.folder)
     if not rows: print(f"no runs under {args.folder}"); return rows
     _print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))
+    damaged = [(r["run"], f, fix) for r in rows if r.get("damaged") for f, fix in RunDir(Path(args.folder) / r["run"]).damaged().items()]
+    if damaged: print("\ndamaged files:\n" + "\n".join(f"  {run}/{f}: {fix}" for run, f, fix in damaged))
     return rows
 
 def cmd_transfer(args):

@@ -71,9 +71,9 @@ class LotteryRun(Run):
         "Round 0: dense. Round r: the preset's pruning rule applied to round r−1's trained weights under its mask."
         if r == 0: return full_mask(model)
         p, prev = self.cfg.preset, self.dir.round_dir(r - 1)
-        fix = f"Delete {prev} to train that round again."
-        model.load_state_dict(load_torch(prev / "final.pt", f"trained weights of round {r - 1}", fix))
-        return prune(model, load_torch(prev / "mask.pt", f"mask of round {r - 1}", fix), p.pruning_fraction,
+        prev_mask = self.mask(r - 1, model)  # read, or made again if unreadable (which may load older weights into `model`)
+        model.load_state_dict(load_torch(prev / "final.pt", f"trained weights of round {r - 1}", f"Delete {prev} to train that round again."))
+        return prune(model, prev_mask, p.pruning_fraction,
                      p.pruning_scope, dict(p.layer_fractions), self.exclusions(model))
 
     def round_start(self, r: int) -> dict:

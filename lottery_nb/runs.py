@@ -12,6 +12,7 @@ import platform
 import socket
 import sys
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,9 +31,10 @@ from .training import (evaluate, fit, get_device, load_training_state, make_opti
                                  make_step_scheduler, predict, training_state)
 
 # %% auto #0
-__all__ = ['LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'STATUS_METRICS', 'LAST_CHECKPOINT', 'RunContext', 'RunDirError',
-           'atomic_write', 'save_torch', 'save_json', 'load_torch', 'versions', 'RunDir', 'find_runs', 'run_status',
-           'run_data', 'build_model', 'use_amp', 'use_channels_last', 'round_seed', 'Run']
+__all__ = ['LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'DAMAGE_FIXES', 'STATUS_METRICS', 'LAST_CHECKPOINT', 'RunContext',
+           'RunDirError', 'atomic_write', 'save_torch', 'save_json', 'load_torch', 'torch_file_intact', 'set_aside',
+           'versions', 'RunDir', 'find_runs', 'run_status', 'run_data', 'build_model', 'use_amp', 'use_channels_last',
+           'round_seed', 'Run']
 
 # %% ../nbs/05b_runs.ipynb #5b0e0006
 @dataclass(frozen=True)
@@ -80,6 +82,16 @@ def load_torch(path: Path, what: str, fix: str):
     except Exception as e:
         raise RunDirError(f"{what} {path} is unreadable ({type(e).__name__}); it is probably corrupt. {fix}") from None
 
+def torch_file_intact(path: Path) -> bool:
+    "Whether a torch file's zip directory can be read (a cut or overwritten file has none): a quick check that loads no tensor."
+    try:
+        with zipfile.ZipFile(path) as z: return bool(z.namelist())
+    except (OSError, zipfile.BadZipFile): return False
+
+def set_aside(path: Path) -> Path:
+    "Keep an unreadable file beside its replacement, as `<name>.unreadable` (the last one kept)."
+    return Path(path).replace(Path(path).with_name(Path(path).name + ".unreadable"))
+
 def versions() -> dict:
     import numpy, torchvision
     return {"lottery_nb": lottery_nb.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -95,6 +107,18 @@ def _read_json(path: Path):
     "The JSON in `path`, or None if it is missing or unreadable."
     try: return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError): return None
+
+DAMAGE_FIXES = {  # an unreadable file of a run folder: what to do (the same run command rebuilds the first five)
+    "config.json": "the same run command rebuilds it (the folder's name is the hash of its configuration)",
+    "init.pt": "the same run command rebuilds it from the run's seed",
+    "metrics.json": "the same run command rebuilds it from the round's saved weights",
+    "mask.pt": "the same run command makes it again (the configuration and the rounds before determine it)",
+    "checkpoint.pt": "the same run command restarts the round from its first epoch",
+    "progress.json": "harmless (it feeds progress bars only): the next epoch trained rewrites it",
+    "rewind.pt": "delete round_00 and run the same command to recompute it",
+    "final.pt": "the round's metrics are intact; to train the round again, delete its folder and run the same command",
+    "history.json": "the round's per-epoch record is lost, its metrics are intact; to train the round again, delete its folder and run the same command",
+}
 
 def _unreadable_metrics(path: Path) -> str:
     return (f"{path} is unreadable (truncated or corrupt). Run the same `lottery_nb run` (or `reproduce`) command again: "
@@ -127,6 +151,15 @@ class RunDir:
         "Round `r`'s per-epoch metrics (empty while the round has not finished, or if the file is unreadable)."
         return _read_json(self.round_dir(r) / "history.json") or []
 
+    def damaged(self) -> dict[str, str]:
+        "Every unreadable file of the run (its name in the folder → what to do), found without loading a tensor."
+        out = {}
+        for f in sorted([*self.path.iterdir(), *self.path.glob("round_*/*")]):
+            if f.name not in DAMAGE_FIXES or not f.is_file(): continue
+            ok = torch_file_intact(f) if f.suffix == ".pt" else _read_json(f) is not None
+            if not ok: out[str(f.relative_to(self.path))] = DAMAGE_FIXES[f.name]
+        return out
+
     def progress(self) -> dict | None:
         "The round and epoch of the last epoch checkpoint (`{'round', 'epoch', 'epochs'}`), or None."
         return _read_json(self.path / "progress.json")
@@ -136,7 +169,9 @@ class RunDir:
         f = self.path / "config.json"
         if not f.exists(): return None
         try: return json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError): raise RunDirError(f"{f} is not valid JSON; the run directory is damaged. Move it away to start the run afresh.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RunDirError(f"{f} is unreadable (truncated or corrupt). Run the same `lottery_nb run` (or `reproduce`) command again: "
+                              "it rebuilds the file (the folder's name is the hash of its configuration) and keeps the broken one beside it.") from None
 
     def config(self) -> dict:
         "The run's configuration (`to_dict()` of its config object); a folder without one is a `RunDirError`."
@@ -145,12 +180,18 @@ class RunDir:
         return c["config"]
 
     def claim(self, cfg):
-        "Write config.json for a new run of `cfg`, or check that an existing one holds the same configuration."
-        old = self.read_config()
+        "Write config.json for a new run of `cfg`, or check that an existing one holds the same configuration; an unreadable one is rebuilt when the folder's name is `cfg`'s."
+        try: old, rebuilt = self.read_config(), False
+        except RunDirError:
+            if self.path.name != cfg.run_name: raise  # only the hash in the name proves which configuration the folder holds
+            set_aside(self.path / "config.json"); old, rebuilt = None, True
+            print(f"lottery_nb: {self.path / 'config.json'} was unreadable; rebuilt it from the configuration, whose hash is the "
+                  f"folder's name (the broken file is kept as config.json.unreadable)", file=sys.stderr)
         if old is None:
             self.path.mkdir(parents=True, exist_ok=True)
-            if any(p.name != LOCK_FILE for p in self.path.iterdir()): raise RunDirError(f"{self.path} is not empty but has no config.json: it is not a run directory of this configuration. Choose another output folder.")
-            save_json({"key": cfg.key, "config": cfg.to_dict(), "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, self.path / "config.json")
+            if not rebuilt and any(p.name != LOCK_FILE for p in self.path.iterdir()): raise RunDirError(f"{self.path} is not empty but has no config.json: it is not a run directory of this configuration. Choose another output folder.")
+            save_json({"key": cfg.key, "config": cfg.to_dict(), "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       **({"rebuilt": True} if rebuilt else {})}, self.path / "config.json")
             return
         if old.get("config") != json.loads(json.dumps(cfg.to_dict())):
             diff = _diff(old.get("config", {}), json.loads(json.dumps(cfg.to_dict())))
@@ -205,13 +246,12 @@ def run_status(out_dir) -> list[dict]:
     for run in find_runs(out_dir):
         name = str(run.path.relative_to(out_dir))
         try: c = run.config()
-        except (RunDirError, KeyError, TypeError): rows.append({"run": name, "damaged": "config.json"}); continue
+        except (RunDirError, KeyError, TypeError): rows.append({"run": name, "damaged": ", ".join(run.damaged()) or "config.json"}); continue
         done = run.finished_rounds()
         ck = sorted(run.path.glob("round_*/checkpoint.pt"))
         row = {"run": name, "preset": c["preset"]["name"], "strategy": c["strategy"], "seed": c["seed"],
                "rounds done": len(done), "in progress": ""}
-        broken = [f"round_{r:02d}/metrics.json" for r in run.unreadable_rounds()]
-        if broken: row["damaged"] = ", ".join(broken) + " (the same run command rebuilds it)"
+        if damaged := run.damaged(): row["damaged"] = ", ".join(damaged)  # `lottery_nb status` says below the table what to do
         if ck:
             try: row["in progress"] = f"{ck[-1].parent.name}, epoch {torch.load(ck[-1], weights_only=False)['epoch']}/{c['preset']['epochs']}"
             except Exception: row["in progress"] = f"{ck[-1].parent.name} (unreadable checkpoint)"
@@ -285,24 +325,44 @@ class Run:
     def check(self): "Refuse what cannot be run, before anything is read or written (default: nothing to check)."
 
     def initial_state(self, model=None) -> dict:
-        "θ₀ from `init.pt`, written first from `model` if the run has none yet."
+        "θ₀ from `init.pt`, written first from `model` (the seed's fresh model) if the run has none yet, or rebuilt from it if it is unreadable."
         init = self.dir.path / "init.pt"
+        if model is not None and init.exists() and not torch_file_intact(init): self._rebuild_init(init, model)
         if model is not None and not init.exists(): save_torch(model.state_dict(), init)
         if self._init is None:
             self._init = load_torch(init, "initial state", "The whole run depends on it: move the run directory away and start again.")
         return self._init
 
+    def _rebuild_init(self, init: Path, model):
+        "θ₀ is the seed's initialisation: rebuilt exactly by the PyTorch that drew it (config.json records which)."
+        c = self.dir.read_config() or {}
+        drawn_by = None if c.get("rebuilt") else c.get("versions", {}).get("torch")
+        if drawn_by != torch.__version__:
+            raise RunDirError(f"{init} is unreadable, and this PyTorch ({torch.__version__}) cannot redraw it exactly (the run was made "
+                              f"with {drawn_by or 'an unknown version'}). The whole run depends on it: move the run directory away and start again.")
+        set_aside(init)
+        save_torch(model.state_dict(), init)
+        print(f"lottery_nb: {init} was unreadable; rebuilt it from the run's seed (the broken file is kept as init.pt.unreadable)", file=sys.stderr)
+
     # --- the skeleton ---
     def finished(self) -> bool:
         "Every round of this run is done (and the folder has its configuration)."
-        return all(self.dir.done(r) for r in self.rounds) and self.dir.read_config() is not None
+        return all(self.dir.done(r) for r in self.rounds) and (self.dir.path / "config.json").exists()
+
+    def repairable(self) -> list[str]:
+        "The damaged files that the same run command rebuilds (see `RunDir.damaged`)."
+        return [f for f in self.dir.damaged() if Path(f).name in ("config.json", "init.pt", "metrics.json", "mask.pt", "checkpoint.pt")]
+
+    def report_damage(self):
+        "One line on stderr for each damaged file that nothing rebuilt: the file and what to do."
+        for f, fix in self.dir.damaged().items(): print(f"lottery_nb: {self.dir.path / f} is unreadable: {fix}", file=sys.stderr)
 
     def run(self) -> RunDir:
         "Resume or start the run; a finished one returns at once (after checking that its folder holds this configuration)."
         self.check()
         run, cfg, ctx = self.dir, self.cfg, self.ctx
-        if self.finished():
-            run.claim(cfg); run.write_metrics_csv(repair=True); return run
+        if self.finished() and not self.repairable():
+            run.claim(cfg); run.write_metrics_csv(repair=True); self.report_damage(); return run
         train, test = run_data(cfg.preset, ctx.data_root, ctx.download)  # missing data fail here, before anything is written
         dev = get_device(ctx.device)
         strat = cfg.make_strategy()  # validates the strategy and its hyper-parameters
@@ -317,9 +377,13 @@ class Run:
             for r in run.unreadable_rounds(): self._rebuild_round_metrics(r, model, test_loader, exclude, dev)
             run.write_metrics_csv(repair=True)
             for r in self.rounds:
-                if run.done(r): continue
+                if run.done(r):
+                    f = run.round_dir(r) / "mask.pt"
+                    if f.exists() and not torch_file_intact(f): self.mask(r, model)  # made again
+                    continue
                 mask = self.mask(r, model)
                 self.train_round(r, model, strat, train, test_loader, mask, self.round_start(r), dev, exclude)
+        self.report_damage()  # what is still damaged: files that only training a round again would replace
         return run
 
     def train_round(self, r, model, strat, train, test_loader, mask, start, dev, exclude):
@@ -339,6 +403,10 @@ class Run:
         mt, amp = self.round_method(model, mask), use_amp(p, dev)
         mt.attach(optimizer, loader, p.epochs)
         try:
+            if ckpt_file.exists() and not torch_file_intact(ckpt_file):
+                set_aside(ckpt_file)
+                print(f"lottery_nb: {ckpt_file} was unreadable; round {r} starts again from its first epoch "
+                      f"(the broken file is kept as checkpoint.pt.unreadable)", file=sys.stderr)
             if ckpt_file.exists():
                 ck = load_torch(ckpt_file, f"epoch checkpoint of round {r}", f"Delete it to restart round {r} from its first epoch; the finished rounds are kept.")
                 if ck.get("method"): mt.load_state_dict(ck["method"])
@@ -376,9 +444,12 @@ class Run:
     def mask(self, r: int, model) -> Mask:
         "Round `r`'s mask: its saved mask.pt, or `round_mask` made once and saved (on the CPU) before the round trains."
         f = self.dir.round_dir(r) / "mask.pt"
-        if f.exists(): return load_torch(f, f"mask of round {r}", f"Delete {self.dir.round_dir(r)} to make it again.")
+        if f.exists() and torch_file_intact(f): return load_torch(f, f"mask of round {r}", f"Delete {self.dir.round_dir(r)} to make it again.")
+        rebuilt = f.exists() and set_aside(f)
         mask = {n: m.cpu() for n, m in self.round_mask(r, model).items()}
         save_torch(mask, f)
+        if rebuilt: print(f"lottery_nb: {f} was unreadable; made it again from the configuration and the rounds before "
+                          f"(the broken file is kept as mask.pt.unreadable)", file=sys.stderr)
         return mask
 
     def describe(self) -> str:
@@ -396,8 +467,8 @@ class Run:
     def _rebuild_round_metrics(self, r: int, model, test_loader, exclude, dev):
         "An unreadable metrics.json, computed again from the round's final weights and mask; the broken file is kept as metrics.json.unreadable."
         rd, fix = self.dir.round_dir(r), f"Delete {self.dir.round_dir(r)} to train that round again."
+        mask = self.mask(r, model)  # first: rebuilding it may load an earlier round's weights into `model`
         model.load_state_dict(load_torch(rd / "final.pt", f"trained weights of round {r}", fix))
-        mask = load_torch(rd / "mask.pt", f"mask of round {r}", fix)
         (rd / "metrics.json").replace(rd / "metrics.json.unreadable")
         save_json(self.round_record(r, model.to(dev), mask, exclude, test_loader, device=dev.type, rebuilt=True), rd / "metrics.json")
         print(f"lottery_nb: {rd / 'metrics.json'} was unreadable; rebuilt it from the round's saved weights "

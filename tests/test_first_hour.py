@@ -1,5 +1,6 @@
 """A new user's first hour (issue 17): the README's main job shows the methods working, and says which runs to
 distrust; status finds runs anywhere under a folder; Ctrl-C ends with one line and exit code 130."""
+import io
 import json
 import os
 import re
@@ -226,3 +227,40 @@ def test_readme_says_how_to_open_the_chapters_and_how_a_cpu_only_machine_install
     assert 'pip install -e ".[jupyter]" && jupyter lab nbs/' in readme  # the extra exists: see the import test above
     cpu = next(l for l in readme.splitlines() if "download.pytorch.org/whl/cpu" in l)
     assert cpu.startswith("pip install") and "torch>=2.14" in cpu and "torchvision>=0.29" in cpu and cpu.endswith("pip install -e .")
+
+
+@pytest.mark.parametrize("name,rebuilt", [("config.json", True), ("init.pt", True), ("round_00/mask.pt", True), ("round_01/mask.pt", True),
+                                          ("round_02/checkpoint.pt", True), ("round_00/final.pt", False),
+                                          ("round_01/history.json", False), ("progress.json", False)])
+def test_every_damaged_file_is_named_and_rebuilt_where_it_can_be(tmp_path, capsys, name, rebuilt):
+    "Each file of a run folder, cut in half: status names it and what to do; the same command (one round more) rebuilds it exactly where it can, else says it is still damaged; nothing intact changes."
+    import torch
+    from lottery_nb.cli import main
+    ctx = RunContext(progress=False)
+    run = run_lottery("digits_lenet", "none", rounds=1, budget="smoke", out_dir=tmp_path, ctx=ctx)
+    f = run.path / name
+    if name.endswith("checkpoint.pt"): f.parent.mkdir(); f.write_bytes(b"PK\x03\x04 an epoch checkpoint cut short")
+    original = f.read_bytes()
+    f.write_bytes(original[: len(original) // 2])
+    intact = {p: p.read_bytes() for p in run.path.glob("round_0[01]/*") if p != f and p.suffix in (".pt", ".json")}
+    capsys.readouterr()
+    main(["status", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "damaged files:" in out and f"{run.path.name}/{name}: " in out, out
+    run_lottery("digits_lenet", "none", rounds=2, budget="smoke", out_dir=tmp_path, ctx=ctx)  # the same command, one round more
+    err = capsys.readouterr().err
+    assert run.done(2) and "Traceback" not in err
+    assert {p: p.read_bytes() for p in intact} == intact  # nothing intact rewritten
+    if rebuilt:
+        assert f"{f} was unreadable" in err, err
+        assert f.with_name(f.name + ".unreadable").read_bytes() == original[: len(original) // 2]  # the broken file is kept
+        if name == "config.json": assert json.loads(f.read_text())["config"] == json.loads(original)["config"]
+        elif name.endswith("checkpoint.pt"): assert not f.exists() and "resumed_at_epochs" not in run.round_metrics()[2]
+        else:  # the same tensors as before the damage
+            old, new = torch.load(io.BytesIO(original)), torch.load(f)
+            assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+        assert name not in run.damaged()
+    elif name == "progress.json":  # feeds progress bars only: the next epoch wrote it anew
+        assert json.loads(f.read_text()) == {"round": 2, "epoch": 3, "epochs": 3} and not run.damaged()
+    else:
+        assert f"{f} is unreadable: " in err and name in run.damaged(), err

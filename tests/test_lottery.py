@@ -133,17 +133,17 @@ def test_mismatched_run_directory_is_refused(tmp_path):
     assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before  # nothing overwritten
 
 
-def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
+def test_corrupt_checkpoint_is_kept_aside_and_the_round_restarts(tmp_path):
     run = run_lottery("digits_lenet", "none", rounds=0, out_dir=tmp_path, **SMOKE)
     ck = run.round_dir(1) / "checkpoint.pt"
     ck.parent.mkdir()
     ck.write_bytes(b"\x80\x02 this is not a checkpoint")
     r = cli("run", "--preset", "digits_lenet", "--budget", "smoke", "--rounds", "1", "--out", str(tmp_path), "--quiet")
-    assert r.returncode == 2 and "corrupt" in r.stderr and "Delete it" in r.stderr and "Traceback" not in r.stderr
-    assert ck.read_bytes() == b"\x80\x02 this is not a checkpoint" and run.finished_rounds() == [0]
-    ck.unlink()  # what the message says to do
-    assert cli("run", "--preset", "digits_lenet", "--budget", "smoke", "--rounds", "1", "--out", str(tmp_path), "--quiet").returncode == 0
-    assert run.finished_rounds() == [0, 1]
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [f"lottery_nb: {ck} was unreadable; round 1 starts again from its first epoch "
+                                             "(the broken file is kept as checkpoint.pt.unreadable)"]
+    assert (ck.parent / "checkpoint.pt.unreadable").read_bytes() == b"\x80\x02 this is not a checkpoint" and not ck.exists()
+    assert run.finished_rounds() == [0, 1] and "resumed_at_epochs" not in run.round_metrics()[1]
 
 
 @pytest.mark.parametrize("args,needle", [
