@@ -41,8 +41,8 @@ def layer_densities(shapes: dict[str, tuple], sparsity: float, distribution: str
 
 LAYER_COUNTS = ("exact", "bernoulli")
 
-def random_mask(params: dict[str, torch.Tensor], densities: dict[str, float], generator: torch.Generator, counts: str = "exact") -> Mask:
-    "Randomly placed active weights: exactly round(density · n) per layer (`counts='exact'`), or each weight active with probability density (`'bernoulli'`, the official code's draw)."
+def random_mask(params: dict[str, torch.Tensor], densities: dict[str, float], generator: torch.Generator, counts: str = "bernoulli") -> Mask:
+    "Randomly placed active weights: each active with probability density (`counts='bernoulli'`, the official code's draw), or exactly round(density · n) per layer (`'exact'`)."
     if counts not in LAYER_COUNTS: raise LotteryError(f"unknown layer_counts {counts!r}; choose 'exact' or 'bernoulli'")
     mask = {}
     for k, p in params.items():
@@ -196,12 +196,12 @@ class SparseConfig(LotteryConfig):
     dpnum: int = 100              # CigL: each active weight is dropped at random with probability 1/dpnum per step
     swa_start: float = 0.8        # CigL: average the weights of the epochs after this fraction of training
     warmup_epochs: int = 0        # linear learning-rate warm-up over epochs before the preset's epoch milestones (CigL's ResNet-50 warms up by steps: its preset's warmup_steps)
-    layer_counts: str = "exact"   # initial mask: 'exact' (round(density · n) active weights per layer) or 'bernoulli' (each weight active with probability density, as the official code)
+    layer_counts: str = "bernoulli"  # initial mask: each weight active with probability density ('bernoulli', the official code) or 'exact' (round(density · n) per layer)
 
     def to_dict(self) -> dict:
         keys = ("method", "sparsity", "distribution", "delta_t", "drop_fraction", "end_fraction", "warmup_epochs")
         keys += ("dpnum", "swa_start") if self.method == "cigl" else ()
-        keys += ("layer_counts",) if self.layer_counts != "exact" else ()  # newer than the first runs: hashed only when not at the default
+        keys += ("layer_counts",) if self.layer_counts != "exact" else ()  # 'exact', the only draw before issue 18, is left out: its runs keep their folders
         return {**super().to_dict(), "sparse": {k: getattr(self, k) for k in keys}}
 
     @property
