@@ -89,10 +89,11 @@ def plot_metric(df: pd.DataFrame, metric: str, ax=None, title: str | None = None
     hidden = off_scale(curves) if focus else set()
     for s in sorted(order, key=lambda s: s == "none"):  # LTH last: on top
         st, ds = style(s), d[d.strategy == s]
-        band = ("se", 1) if ds.groupby("_x").size().max() > 1 else None  # no band for one seed
+        band = ("se", 1) if ds.groupby("_x").size().max() > 1 and s not in hidden else None  # none for one seed, or off the scale
         sns.lineplot(ds, x="_x", y=metric, errorbar=band, color=st["color"], label=st["label"], ax=ax,
-                     marker="o", markersize=3.5, linewidth=2.6 if s == "none" else 1.5, zorder=5 if s == "none" else 3,
-                     linestyle="--" if s == "none_ts" else "-", legend=False)
+                     marker="o", markersize=3.5, linewidth=2.6 if s == "none" else 1.5, zorder=5 if s == "none" else 1 if s in hidden else 3,
+                     alpha=0.35 if s in hidden else 1.0, linestyle="--" if s == "none_ts" else "-", legend=False,
+                     err_kws=dict(alpha=0.12, linewidth=0))
     if hidden:
         shown = np.concatenate([curves[s] for s in order if s not in hidden])
         lo, hi = shown.min(), shown.max()
@@ -103,7 +104,7 @@ def plot_metric(df: pd.DataFrame, metric: str, ax=None, title: str | None = None
             y = 0.03 + 0.09 * i if below else 0.97 - 0.09 * i
             ax.annotate(f"{'↓' if below else '↑'} {style(s)['label']}: {curves[s].min():.3g}–{curves[s].max():.3g}", (0.5, y),
                         xycoords="axes fraction", ha="center", va="bottom" if below else "top", fontsize="small",
-                        color=style(s)["color"], bbox=dict(boxstyle="round", fc="white", ec=style(s)["color"], alpha=0.9))
+                        color=style(s)["color"], bbox=dict(boxstyle="round", fc="white", ec=style(s)["color"], alpha=0.9), zorder=10)
     ax.set_xscale("log")
     levels = np.sort(d.groupby("round")._x.mean().to_numpy())[::-1]  # one tick per round, thinned to <= 7
     ticks = levels[:: max(1, -(-len(levels) // 7))]
@@ -111,7 +112,9 @@ def plot_metric(df: pd.DataFrame, metric: str, ax=None, title: str | None = None
     ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks]); ax.minorticks_off()
     ax.set(xlabel="% weights remaining (log scale)", ylabel=METRIC_LABELS.get(metric, metric), title=title or "")
     ax.grid(alpha=0.3)
-    if legend: ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if legend:
+        leg = ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        for h in leg.legend_handles: h.set_alpha(1)
     return ax
 
 # %% ../nbs/09_figures.ipynb #5650eb38
@@ -162,7 +165,8 @@ def metric_grid(df: pd.DataFrame, datasets: Iterable[str], metrics: Iterable[str
     band = "; band: ± one standard error" if n_seeds > 1 else ""
     fig.suptitle(f"{title}\n(line: mean over {n_seeds} seed{'s' if n_seeds > 1 else ''}{band})" if title else "")
     fig.tight_layout()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    leg = fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    for h in leg.legend_handles: h.set_alpha(1)  # an off-scale strategy is faint in its panel, not in the legend
     return fig
 
 def transfer_view(df: pd.DataFrame) -> pd.DataFrame:

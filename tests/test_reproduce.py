@@ -129,3 +129,19 @@ def test_papermill_misspelled_or_bad_parameters_stop_with_one_line(tmp_path, par
     assert e.value.ename == "NotebookParameterError" and needle in e.value.evalue
     assert len("".join(e.value.traceback).strip().splitlines()) <= 2  # the message, not a traceback
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_off_scale_strategy_is_named_faint_and_bandless_but_full_in_the_legend():
+    "One strategy far below the rest: the axis keeps the others apart; its line is faint and behind, no band, an arrow names it."
+    df = synthetic_results(strategies=("none", "vwcc", "mixup", "nba", "lwcc_si"), seeds=(0, 1, 2), rounds=5)
+    df.loc[df.strategy == "lwcc_si", "accuracy"] -= 0.5
+    ax = plot_metric(df, "accuracy")
+    lines = {l.get_label(): l for l in ax.lines if not l.get_label().startswith("_")}
+    far, base = lines[STRATEGY_STYLE["lwcc_si"]["label"]], lines[STRATEGY_STYLE["none"]["label"]]
+    assert far.get_alpha() < 0.5 and far.get_zorder() < min(l.get_zorder() for l in lines.values() if l is not far)
+    assert base.get_alpha() in (None, 1.0)
+    assert len(ax.collections) == 4  # bands of the four strategies on the scale only
+    assert ax.get_ylim()[0] > df[df.strategy == "lwcc_si"].accuracy.max()  # the axis is not stretched to reach it
+    notes = [t for t in ax.texts if t.get_text().startswith("↓ LWCC-SI")]
+    assert len(notes) == 1 and notes[0].get_zorder() > far.get_zorder()
+    assert all(h.get_alpha() in (None, 1.0) for h in ax.get_legend().legend_handles)
