@@ -1,6 +1,7 @@
 """Helpers shared by the tests that drive the `lottery_nb` command: run it, run it in the background, and wait
 for a moment in a background run (to kill it there)."""
 import shutil
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -18,10 +19,16 @@ def cli(*args, timeout: int = 900, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([exe(), *args], capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def as_in_a_terminal():
+    """In the child: Ctrl-C's default action, as a command typed in a terminal has it (a test suite started in the background
+    by a shell without job control inherits SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def background_cli(*args):
     "`lottery_nb *args` running in the background; killed on leaving the block if it is still running."
-    proc = subprocess.Popen([exe(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([exe(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
     try: yield proc
     finally:
         if proc.poll() is None: proc.kill(); proc.wait(30)

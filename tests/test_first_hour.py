@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import background_cli, cli, wait_until
+from helpers import as_in_a_terminal, background_cli, cli, wait_until
 from lottery_nb.figures import checks_markdown, run_checks
 from lottery_nb.lottery import run_lottery
 from lottery_nb.presets import get_preset
@@ -191,7 +191,8 @@ def test_ctrl_c_in_a_parallel_reproduction_is_one_line_and_leaves_nothing_runnin
     out = tmp_path / "repro"
     args = [exe(), "reproduce", "--budget", "quick", "--datasets", "digits", "--strategies", "none,mda", "--seeds", "0",
             "--workers", "2", "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)  # a terminal's group
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,  # a terminal's group
+                            preexec_fn=as_in_a_terminal)
     try:
         t0 = time.time()
         while not list(out.glob("runs/*/round_01/checkpoint.pt")):
