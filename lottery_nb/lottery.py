@@ -13,15 +13,22 @@ from dataclasses import dataclass, field
 import torch
 
 from .calibration import Strategy, get_strategy
+from .data import DATASETS, parent_dataset
 from .presets import DEFAULT_BUDGET, Preset, check_rounds, get_preset
 from .pruning import Mask, full_mask, prune
 from .runs import Run, RunContext, RunDir, round_seed, build_model, find_runs, load_torch
 
 # %% auto #0
-__all__ = ['HASH_OMITS_AT_DEFAULT', 'CONVERGENCE_COLUMNS', 'LotteryConfig', 'LotteryRun', 'lottery_config', 'run_lottery',
-           'round_model', 'convergence_table']
+__all__ = ['FIRST_DEFAULTS', 'FIRST_DATASET_DEFAULTS', 'HASH_OMITS_AT_DEFAULT', 'CONVERGENCE_COLUMNS', 'LotteryConfig',
+           'LotteryRun', 'lottery_config', 'run_lottery', 'round_model', 'convergence_table']
 
 # %% ../nbs/06_lottery.ipynb #b6484df9
+FIRST_DEFAULTS = {  # the strategies' defaults (and model dropout) when the first runs were made: frozen, never to be edited
+    "none": {"dropout": 0.0}, "vwcc": {"T": 5, "dropout": 0.3}, "mixup": {"alpha": 0.3, "dropout": 0.0}, "mda": {"weight": 1.0, "dropout": 0.0},
+    "lwcc": {"form": "convex", "dropout": 0.0}, "lwcc_si": {"T": 5, "form": "convex", "dropout": 0.3},
+    "nba": {"weight": 0.1, "n_bins": 15, "bandwidth": None, "dropout": 0.0}}
+FIRST_DATASET_DEFAULTS = {("mda", "mnist"): {"weight": 0.5}}  # and those that depended on the dataset (a half: its parent's)
+
 HASH_OMITS_AT_DEFAULT = {"amp": False, "nesterov": False, "decay_bn_bias": True, "warmup_steps": 0, "decay_every_steps": 0,
                          "validation_split": 0.0, "init": "default"}  # preset fields newer than the first runs: hashed only when not at these defaults
 
@@ -35,7 +42,19 @@ class LotteryConfig:
 
     def to_dict(self) -> dict:
         preset = {k: v for k, v in dataclasses.asdict(self.preset).items() if HASH_OMITS_AT_DEFAULT.get(k, ...) != v}
-        return {"preset": preset, "strategy": self.strategy, "strategy_hparams": dict(sorted(self.strategy_hparams.items())), "seed": self.seed}
+        changed = self.changed_defaults()
+        dropout = {"model_dropout": changed.pop("dropout")} if "dropout" in changed else {}
+        hparams = {**self.strategy_hparams, **changed}
+        return {"preset": preset, "strategy": self.strategy, "strategy_hparams": dict(sorted(hparams.items())), "seed": self.seed, **dropout}
+
+    def changed_defaults(self) -> dict:
+        "The hyper-parameters this configuration leaves to the strategy's defaults (with the model's dropout, when the preset leaves it to the strategy) whose defaults differ from the first runs' (`FIRST_DEFAULTS`)."
+        s = self.make_strategy()
+        now = {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.init and f.name not in self.strategy_hparams}
+        if self.preset.dropout is None: now["dropout"] = s.dropout
+        d = self.preset.dataset
+        first = {**FIRST_DEFAULTS.get(self.strategy, {}), **FIRST_DATASET_DEFAULTS.get((self.strategy, parent_dataset(d) if d in DATASETS else d), {})}
+        return {k: v for k, v in now.items() if first.get(k, ...) != v}
 
     @property
     def key(self) -> str:

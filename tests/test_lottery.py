@@ -213,3 +213,21 @@ def test_channels_last_rounds_give_the_same_tickets(tiny_cifar10, tmp_path):
     assert sum(int(m.sum()) for m in ma.values()) == sum(int(m.sum()) for m in mb.values())  # exactly 20% pruned in both
     # the weights agree to ~1e-7 (convolutions in another order), so a few of the 11 million may swap at the threshold
     assert sum(int((ma[k] != mb[k]).sum()) for k in ma) < 1e-5 * sum(m.numel() for m in ma.values())
+
+
+def test_a_changed_strategy_default_gets_a_new_folder_and_leaves_the_old_one(tmp_path, monkeypatch):
+    "Defaults are hashed where they differ from the first runs': changing LWCC's form or the stochastic strategies' dropout in code never reuses a folder made with the old value."
+    import lottery_nb.calibration as calibration
+    old = run_lottery("digits_lenet", "lwcc", rounds=0, out_dir=tmp_path, **SMOKE)
+    files = {p: p.read_bytes() for p in old.path.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert json.loads((old.path / "config.json").read_text())["config"]["strategy_hparams"] == {}  # as the first runs
+    monkeypatch.setitem(calibration.DATASET_DEFAULTS, "lwcc", {"digits": {"form": "additive"}})  # a default changed in code
+    new = run_lottery("digits_lenet", "lwcc", rounds=0, out_dir=tmp_path, **SMOKE)
+    assert new.path != old.path and new.config()["strategy_hparams"] == {"form": "additive"}
+    assert {p: p.read_bytes() for p in files} == files  # the old folder untouched
+    assert LotteryConfig.from_dict(new.config()).key == new.path.name.rsplit("-", 1)[1]  # the folder's configuration rebuilds its name
+    cfg = LotteryConfig(get_preset("digits_lenet", "smoke"), "vwcc")
+    before = cfg.key
+    monkeypatch.setattr(calibration, "DEFAULT_DROPOUT", 0.5)
+    assert cfg.key != before and cfg.to_dict()["model_dropout"] == 0.5
+    assert LotteryConfig(get_preset("digits_lenet", "smoke", dropout=0.3), "vwcc").to_dict().get("model_dropout") is None  # the preset's own dropout is hashed already
