@@ -108,7 +108,7 @@ def _read_json(path: Path):
     try: return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError): return None
 
-DAMAGE_FIXES = {  # an unreadable file of a run folder: what to do (the same run command rebuilds the first five)
+DAMAGE_FIXES = {  # an unreadable file of a run folder: what to do (the same run command rebuilds the first four, and restarts the fifth's round)
     "config.json": "the same run command rebuilds it (the folder's name is the hash of its configuration)",
     "init.pt": "the same run command rebuilds it from the run's seed",
     "metrics.json": "the same run command rebuilds it from the round's saved weights",
@@ -156,6 +156,7 @@ class RunDir:
         out = {}
         for f in sorted([*self.path.iterdir(), *self.path.glob("round_*/*")]):
             if f.name not in DAMAGE_FIXES or not f.is_file(): continue
+            if f.name == "checkpoint.pt" and self.done(int(f.parent.name[6:])): continue  # left by a crash after the round finished: never read
             ok = torch_file_intact(f) if f.suffix == ".pt" else _read_json(f) is not None
             if not ok: out[str(f.relative_to(self.path))] = DAMAGE_FIXES[f.name]
         return out
@@ -351,7 +352,7 @@ class Run:
 
     def repairable(self) -> list[str]:
         "The damaged files that the same run command rebuilds (see `RunDir.damaged`)."
-        return [f for f in self.dir.damaged() if Path(f).name in ("config.json", "init.pt", "metrics.json", "mask.pt", "checkpoint.pt")]
+        return [f for f in self.dir.damaged() if Path(f).name in ("config.json", "init.pt", "metrics.json", "mask.pt")]
 
     def report_damage(self):
         "One line on stderr for each damaged file that nothing rebuilt: the file and what to do."
