@@ -35,7 +35,8 @@ def load_results(*folders) -> pd.DataFrame:
             ident = {"dataset": cfg["preset"]["dataset"], "preset": cfg["preset"]["name"], "model": cfg["preset"]["model"],
                      "strategy": cfg["strategy"], "seed": cfg["seed"], "epochs": cfg["preset"]["epochs"], "run": run.path.name,
                      "kind": "transfer" if tr else "sparse" if sp else "lottery", "source_strategy": tr["source_strategy"] if tr else None,
-                     "transfer_loss": tr["loss"] if tr else None, "method": sp["method"] if sp else "imp"}
+                     "transfer_loss": tr["loss"] if tr else None, "method": sp["method"] if sp else "imp",
+                     "target_sparsity": sp["sparsity"] if sp else None}
             for r in run.round_metrics():  # an unreadable metrics.json stops here, with the file named and the fix
                 rows.append({**ident, **{k: v for k, v in r.items() if k not in ("sparsity", "class_accuracy")}})
     df = pd.DataFrame(rows, columns=None if rows else RESULT_COLUMNS)
@@ -186,7 +187,8 @@ def sparse_view(df: pd.DataFrame) -> pd.DataFrame:
     "Sparse runs (one line per method) and the uncalibrated lottery tickets of the same presets, for comparison."
     if "kind" not in df or not (df["kind"] == "sparse").any(): return df.iloc[:0]
     sparse = df[df["kind"] == "sparse"].copy()
-    sparse["strategy"], sparse["round"] = sparse["method"], (100 - sparse["remaining"]).round(2)  # one point per sparsity
+    target = sparse["target_sparsity"] if "target_sparsity" in sparse else sparse.run.str.extract(r"-sparsity([\d.]+)-")[0].astype(float)  # older tables: the run's name
+    sparse["strategy"], sparse["round"] = sparse["method"], (100 * target).round(2)  # one point per sparsity asked for (the official draw's counts vary by seed)
     lottery = df[(df["kind"] == "lottery") & (df.strategy == "none") & df.preset.isin(set(sparse.preset))]
     return pd.concat([lottery, sparse], ignore_index=True)
 

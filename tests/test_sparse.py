@@ -427,3 +427,20 @@ def test_the_cigl_preset_is_the_official_setup():
     steps = p.epochs * math.ceil(45_000 / p.batch_size)  # 352 batches an epoch
     assert steps == 88_000 and cfg.end_fraction * steps == pytest.approx(65_918)  # conf/specific: end_when 65918
     assert cfg.swa_start * p.epochs == 200  # begin_save
+
+
+@pytest.mark.parametrize("with_column", [True, False])
+def test_sparse_view_gives_one_point_per_sparsity_whatever_each_seed_drew(with_column):
+    "With the official Bernoulli draw the weights remaining differ by seed (9.91, 10.04, ...): the figure still averages the seeds at each sparsity asked for (from the column, or from the run's name in tables written before it)."
+    import pandas as pd
+    from lottery_nb.figures import sparse_figure, sparse_view
+    rows = [dict(dataset="mnist", preset="mnist_lenet", strategy="none", kind="sparse", method=m, seed=s, remaining=100 * (1 - sp) + 0.1 * (s - 1),
+                 run=f"mnist_lenet-{m}-sparsity{sp:g}-seed{s}-abc", target_sparsity=sp, accuracy=0.9, ece=0.02, nll=0.3, brier=0.1)
+            for m in ("rigl", "cigl") for sp in (0.9, 0.95) for s in (0, 1, 2)]
+    df = pd.DataFrame(rows)
+    if not with_column: df = df.drop(columns="target_sparsity")
+    v = sparse_view(df)
+    assert sorted(v["round"].unique()) == [90.0, 95.0]
+    fig = sparse_figure(df)
+    line = next(l for l in fig.axes[0].lines if l.get_label() == "RigL")
+    assert sorted(line.get_xdata()) == pytest.approx([5.0, 10.0])  # one point per sparsity, at the seeds' mean remaining
