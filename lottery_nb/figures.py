@@ -213,18 +213,21 @@ def paper_figures(df: pd.DataFrame, out_dir=None) -> dict:
 
 # %% ../nbs/09_figures.ipynb #aafa6d09
 def summary_table(df: pd.DataFrame, metrics=("accuracy", "ece", "nll", "brier")) -> pd.DataFrame:
-    "Per dataset and strategy: metrics at the dense round 0 and at the last round common to all runs (mean ± std over seeds)."
+    "Per dataset and strategy: metrics at the dense round 0 and at the last round common to all its tickets' runs; then the sparse runs, per method and sparsity (mean ± std over seeds)."
+    def row(d, label, s, x):
+        r = {"dataset": d, "round": label, "% remaining": round(x.remaining.mean(), 2), "strategy": s, "seeds": x.seed.nunique()}
+        return {**r, **{m: f"{x[m].mean():.4f} ± {x[m].std(ddof=0):.4f}" if len(x) > 1 else f"{x[m].mean():.4f}" for m in metrics}}
+    sparse = sparse_view(df)
+    sparse = sparse[sparse["kind"] == "sparse"] if not sparse.empty else sparse
+    tickets = df[df["kind"] != "sparse"] if "kind" in df else df  # a sparse run's one round is no ticket's round 0
     out = []
-    for d, g in df.groupby("dataset"):
+    for d, g in tickets.groupby("dataset"):
         last = g.groupby("run")["round"].max().min()
         for rnd, label in ((0, "dense"), (last, f"round {last}")):
             sub = g[g["round"] == rnd]
-            for s in [s for s in STRATEGY_STYLE if s in set(sub.strategy)] + sorted(set(sub.strategy) - set(STRATEGY_STYLE)):
-                x = sub[sub.strategy == s]
-                row = {"dataset": d, "round": label, "% remaining": round(x.remaining.mean(), 2), "strategy": s, "seeds": x.seed.nunique()}
-                for m in metrics:
-                    row[m] = f"{x[m].mean():.4f} ± {x[m].std(ddof=0):.4f}" if len(x) > 1 else f"{x[m].mean():.4f}"
-                out.append(row)
+            out += [row(d, label, s, sub[sub.strategy == s]) for s in strategy_order(sub)]
+    for (d, sp, s), x in sparse.groupby(["dataset", "round", "strategy"]):
+        out.append(row(d, f"sparse {sp:g}%", s, x))
     return pd.DataFrame(out)
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -248,7 +251,7 @@ def run_checks(*folders, tol: float = 0.01, tail: float = 0.25) -> pd.DataFrame:
                 acc = [e["accuracy"] for e in h if "accuracy" in e]
                 if len(acc) >= 4 and acc[-1] - acc[-1 - max(1, round(tail * len(acc)))] > tol: rising.append(str(r["round"]))
             if dead or rising:
-                rows.append({"run": run.path.name, "strategy": cfg["strategy"], "seed": cfg["seed"],
+                rows.append({"run": run.path.name, "strategy": cfg.get("sparse", {}).get("method") or cfg["strategy"], "seed": cfg["seed"],
                              "dead classes in rounds": ", ".join(dead), "still improving in rounds": ", ".join(rising)})
     return pd.DataFrame(rows, columns=["run", "strategy", "seed", "dead classes in rounds", "still improving in rounds"])
 

@@ -444,3 +444,18 @@ def test_sparse_view_gives_one_point_per_sparsity_whatever_each_seed_drew(with_c
     fig = sparse_figure(df)
     line = next(l for l in fig.axes[0].lines if l.get_label() == "RigL")
     assert sorted(line.get_xdata()) == pytest.approx([5.0, 10.0])  # one point per sparsity, at the seeds' mean remaining
+
+
+def test_summary_keeps_sparse_runs_apart_from_the_tickets():
+    "A sparse run's one round is not a ticket's dense round: summary.md gives the tickets their rows and RigL/CigL rows of their own."
+    import pandas as pd
+    from lottery_nb.figures import summary_table
+    tickets = [dict(dataset="digits", preset="digits_lenet", strategy="none", kind="lottery", method="imp", seed=s, round=r, remaining=100 * 0.8**r,
+                    run=f"digits_lenet-none-seed{s}-abc", accuracy=0.95, ece=0.02, nll=0.2, brier=0.08) for s in (0, 1) for r in range(3)]
+    sparse = [dict(dataset="digits", preset="digits_lenet", strategy="none", kind="sparse", method=m, seed=s, round=0, remaining=10.0 + 0.1 * s, target_sparsity=0.9,
+                   run=f"digits_lenet-{m}-sparsity0.9-seed{s}-abc", accuracy=0.5, ece=0.3, nll=1.0, brier=0.5) for m in ("rigl", "cigl") for s in (0, 1)]
+    t = summary_table(pd.DataFrame(tickets + sparse)).set_index(["round", "strategy"])
+    assert t.loc[("dense", "none"), "% remaining"] == 100.0 and t.loc[("dense", "none"), "accuracy"] == "0.9500 ± 0.0000"
+    assert t.loc[("round 2", "none"), "seeds"] == 2
+    assert t.loc[("sparse 90%", "rigl"), "accuracy"] == "0.5000 ± 0.0000" and t.loc[("sparse 90%", "cigl"), "% remaining"] == 10.05
+    assert len(t) == 4
