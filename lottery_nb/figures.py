@@ -244,9 +244,10 @@ def run_checks(*folders, tol: float = 0.01, tail: float = 0.25) -> pd.DataFrame:
     for folder in folders:
         for run in find_runs(folder):
             cfg = run.config()
-            dead, rising = [], []
+            dead, rising, damaged = [], [], run.damaged()
             for r in run.round_metrics():
                 if r.get("dead_classes", 0) > 0: dead.append(f"{r['round']} ({r['dead_classes']})")
+                if f"round_{r['round']:02d}/history.json" in damaged: rising.append(f"{r['round']} (history.json unreadable: not checked)"); continue
                 h = run.history(r["round"])
                 acc = [e["accuracy"] for e in h if "accuracy" in e]
                 if len(acc) >= 4 and acc[-1] - acc[-1 - max(1, round(tail * len(acc)))] > tol: rising.append(str(r["round"]))
@@ -259,7 +260,7 @@ def checks_markdown(checks: pd.DataFrame) -> str:
     "The checks as a markdown section for `summary.md`."
     if checks.empty: return "## Checks\n\nNo run has a dead class, and every round had converged (accuracy within 1 point over its last quarter of epochs).\n"
     return ("## Checks\n\nRead these runs' numbers with care: a dead class is a class the network never predicts correctly; "
-            "a round still improving had not converged when its training stopped.\n\n" + to_markdown(checks) + "\n")
+            "a round still improving had not converged when its training stopped (or, where its history.json is unreadable, could not be checked).\n\n" + to_markdown(checks) + "\n")
 
 # %% ../nbs/09_figures.ipynb #e354f6d6
 TS_METRICS = ("ece", "ece_10", "nll", "brier", "confidence")  # replaced by their ts_ values in `none_ts`

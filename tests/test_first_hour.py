@@ -48,7 +48,11 @@ def test_checks_flag_dead_classes_and_unconverged_rounds(tmp_path):
     write_run(tmp_path / "a" / "b", "fine", "none", [(0, flat), (0, flat)])
     write_run(tmp_path / "a", "dead", "lwcc_si", [(1, flat), (2, flat)])
     write_run(tmp_path, "slow", "lwcc", [(0, flat), (0, rising)])
+    write_run(tmp_path, "cut", "mda", [(0, flat), (0, flat)])
+    (tmp_path / "cut" / "round_01" / "history.json").write_text('[{"epoch": 1, "accur')  # a history cut short: convergence unknown
     checks = run_checks(tmp_path).set_index("run")
+    assert checks.loc["cut", "still improving in rounds"] == "1 (history.json unreadable: not checked)"
+    checks = checks.drop("cut")
     assert set(checks.index) == {"dead", "slow"}
     assert checks.loc["dead", "dead classes in rounds"] == "0 (1), 1 (2)" and checks.loc["dead", "still improving in rounds"] == ""
     assert checks.loc["slow", "still improving in rounds"] == "1" and checks.loc["slow", "dead classes in rounds"] == ""
