@@ -254,8 +254,11 @@ def run_status(out_dir) -> list[dict]:
                "rounds done": len(done), "in progress": ""}
         if damaged := run.damaged(): row["damaged"] = ", ".join(damaged)  # `lottery_nb status` says below the table what to do
         if ck:
-            try: row["in progress"] = f"{ck[-1].parent.name}, epoch {torch.load(ck[-1], weights_only=False)['epoch']}/{c['preset']['epochs']}"
-            except Exception: row["in progress"] = f"{ck[-1].parent.name} (unreadable checkpoint)"
+            at, r = run.progress() or {}, int(ck[-1].parent.name[6:])
+            if at.get("round") == r: row["in progress"] = f"{ck[-1].parent.name}, epoch {at['epoch']}/{at['epochs']}"  # no checkpoint loaded
+            else:
+                try: row["in progress"] = f"{ck[-1].parent.name}, epoch {torch.load(ck[-1], weights_only=False, mmap=True)['epoch']}/{c['preset']['epochs']}"
+                except Exception: row["in progress"] = f"{ck[-1].parent.name} (unreadable checkpoint)"
         if done:
             last = json.loads((run.round_dir(done[-1]) / "metrics.json").read_text())
             row.update({"% remaining": round(last["remaining"], 2), **{c: round(last[c], 4) for c in STATUS_METRICS if c in last}})

@@ -80,7 +80,12 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(tmp_path):
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert re.match(r"lottery_nb: interrupted; the same command resumes round 0 after epoch \d+ of 100 \(.*digits_lenet-none-seed0-", lines[0]), lines[0]
+    m = re.match(r"lottery_nb: interrupted; the same command resumes round 0 after epoch (\d+) of 100 \(.*digits_lenet-none-seed0-", lines[0])
+    assert m, lines[0]
+    at = f"round_00, epoch {m.group(1)}/100"
+    assert at in cli("status", str(out)).stdout  # status says the same, from progress.json
+    next(out.glob("*/progress.json")).unlink()
+    assert at in cli("status", str(out)).stdout  # and without it, from the epoch checkpoint
     # and it does: the same command finishes the round from that epoch on
     r = cli("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smoke", "--set", "epochs=100", "--rounds", "0",
             "--out", str(out), "--quiet")
