@@ -31,10 +31,10 @@ from .training import (evaluate, fit, get_device, load_training_state, make_opti
                                  make_step_scheduler, predict, training_state)
 
 # %% auto #0
-__all__ = ['LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'DAMAGE_FIXES', 'STATUS_METRICS', 'LAST_CHECKPOINT', 'RunContext',
-           'RunDirError', 'atomic_write', 'save_torch', 'save_json', 'load_torch', 'torch_file_intact', 'set_aside',
-           'versions', 'RunDir', 'find_runs', 'run_status', 'run_data', 'build_model', 'use_amp', 'use_channels_last',
-           'round_seed', 'Run']
+__all__ = ['LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'DAMAGE_FIXES', 'REBUILT_BY_RUN', 'STATUS_METRICS', 'LAST_CHECKPOINT',
+           'RunContext', 'RunDirError', 'atomic_write', 'save_torch', 'save_json', 'load_torch', 'torch_file_intact',
+           'set_aside', 'versions', 'RunDir', 'find_runs', 'run_status', 'run_data', 'build_model', 'use_amp',
+           'use_channels_last', 'round_seed', 'Run']
 
 # %% ../nbs/05b_runs.ipynb #5b0e0006
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def _read_json(path: Path):
     try: return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError): return None
 
-DAMAGE_FIXES = {  # an unreadable file of a run folder: what to do (the same run command rebuilds the first four, and restarts the fifth's round)
+DAMAGE_FIXES = {  # an unreadable file of a run folder: what to do
     "config.json": "the same run command rebuilds it (the folder's name is the hash of its configuration)",
     "init.pt": "the same run command rebuilds it from the run's seed",
     "metrics.json": "the same run command rebuilds it from the round's saved weights",
@@ -119,6 +119,7 @@ DAMAGE_FIXES = {  # an unreadable file of a run folder: what to do (the same run
     "final.pt": "the round's metrics are intact; to train the round again, delete its folder and run the same command",
     "history.json": "the round's per-epoch record is lost, its metrics are intact; to train the round again, delete its folder and run the same command",
 }
+REBUILT_BY_RUN = ("config.json", "init.pt", "metrics.json", "mask.pt")  # those the same run command rebuilds, even in a finished run
 
 def _unreadable_metrics(path: Path) -> str:
     return (f"{path} is unreadable (truncated or corrupt). Run the same `lottery_nb run` (or `reproduce`) command again: "
@@ -353,20 +354,18 @@ class Run:
         "Every round of this run is done (and the folder has its configuration)."
         return all(self.dir.done(r) for r in self.rounds) and (self.dir.path / "config.json").exists()
 
-    def repairable(self) -> list[str]:
-        "The damaged files that the same run command rebuilds (see `RunDir.damaged`)."
-        return [f for f in self.dir.damaged() if Path(f).name in ("config.json", "init.pt", "metrics.json", "mask.pt")]
-
-    def report_damage(self):
-        "One line on stderr for each damaged file that nothing rebuilt: the file and what to do."
-        for f, fix in self.dir.damaged().items(): print(f"lottery_nb: {self.dir.path / f} is unreadable: {fix}", file=sys.stderr)
+    def report_damage(self, damage: dict | None = None):
+        "One line on stderr for each damaged file that nothing rebuilt (`damage`: `RunDir.damaged()`, if already read): the file and what to do."
+        for f, fix in (self.dir.damaged() if damage is None else damage).items(): print(f"lottery_nb: {self.dir.path / f} is unreadable: {fix}", file=sys.stderr)
 
     def run(self) -> RunDir:
         "Resume or start the run; a finished one returns at once (after checking that its folder holds this configuration)."
         self.check()
         run, cfg, ctx = self.dir, self.cfg, self.ctx
-        if self.finished() and not self.repairable():
-            run.claim(cfg); run.write_metrics_csv(repair=True); self.report_damage(); return run
+        if self.finished():
+            damage = run.damaged()  # read once; a file that this command rebuilds sends the run through the repairs below
+            if not any(Path(f).name in REBUILT_BY_RUN for f in damage):
+                run.claim(cfg); run.write_metrics_csv(repair=True); self.report_damage(damage); return run
         train, test = run_data(cfg.preset, ctx.data_root, ctx.download)  # missing data fail here, before anything is written
         dev = get_device(ctx.device)
         strat = cfg.make_strategy()  # validates the strategy and its hyper-parameters
