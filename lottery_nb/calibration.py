@@ -18,9 +18,10 @@ from torch import nn
 from .data import DATASETS, LotteryError, parent_dataset
 
 # %% auto #0
-__all__ = ['LWCC_FORMS', 'DEFAULT_DROPOUT', 'STRATEGIES', 'DATASET_DEFAULTS', 'kl_uniform', 'mean_logprob', 'stochastic_logits',
-           'vwcc_loss', 'mixup', 'soft_cross_entropy', 'mda_loss', 'lwcc_loss', 'lwcc_si_loss', 'soft_histogram',
-           'nba_weights', 'nba_loss', 'Strategy', 'NoCalibration', 'VWCC', 'Mixup', 'MDA', 'LWCC', 'LWCCSI', 'NBA',
+__all__ = ['LWCC_FORMS', 'DEFAULT_DROPOUT', 'PAPER_STRATEGIES', 'CONTROLS', 'STRATEGIES', 'DATASET_DEFAULTS', 'STRATEGY_GROUPS',
+           'kl_uniform', 'mean_logprob', 'stochastic_logits', 'vwcc_loss', 'mixup', 'soft_cross_entropy', 'mda_loss',
+           'lwcc_loss', 'lwcc_si_loss', 'soft_histogram', 'nba_weights', 'nba_loss', 'Strategy', 'NoCalibration',
+           'VWCC', 'Mixup', 'MDA', 'LWCC', 'LWCCSI', 'NBA', 'Dropout', 'LWCCAdditive', 'LWCCSIAdditive', 'RandomReinit',
            'strategy_names', 'get_strategy']
 
 # %% ../nbs/03_calibration.ipynb #7e9bd839
@@ -167,6 +168,8 @@ class Strategy:
     "Base class: plain cross-entropy. Subclasses add hyper-parameters (dataclass fields) and override `loss`."
     name: ClassVar[str] = "none"
     stochastic: ClassVar[bool] = False  # needs T stochastic (dropout) passes
+    controls: ClassVar[tuple[str, ...]] = ()  # a control: the strategies whose effect it separates from something else
+    preset_changes: ClassVar[dict] = {}  # preset fields a run of this strategy needs (a control's re-initialisation)
     _checked: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self): self.validate()
@@ -271,17 +274,55 @@ class NBA(Strategy):
         logits = model(x)
         return F.cross_entropy(logits, y) + self.weight * nba_loss(logits, self.n_bins, self.bandwidth)
 
+# %% ../nbs/03_calibration.ipynb #e4f59a50
+@dataclass(repr=False)
+class Dropout(Strategy):
+    "Plain cross-entropy with dropout in the model: the control of the stochastic strategies."
+    name: ClassVar[str] = "dropout"
+    controls: ClassVar[tuple[str, ...]] = ("vwcc", "lwcc_si")
+    @property
+    def dropout(self) -> float: return DEFAULT_DROPOUT
+
+@dataclass(repr=False)
+class LWCCAdditive(LWCC):
+    "LWCC in its additive reading, CE + w KL(U||p): the control of the convex reading."
+    name: ClassVar[str] = "lwcc_add"
+    controls: ClassVar[tuple[str, ...]] = ("lwcc",)
+    form: str = "additive"  # as LWCC's
+
+@dataclass(repr=False)
+class LWCCSIAdditive(LWCCSI):
+    "LWCC-SI in its additive reading: the control of the convex reading."
+    name: ClassVar[str] = "lwcc_si_add"
+    controls: ClassVar[tuple[str, ...]] = ("lwcc_si",)
+    form: str = "additive"  # as LWCC-SI's
+
+@dataclass(repr=False)
+class RandomReinit(Strategy):
+    "Plain cross-entropy, each pruned round from a fresh random initialisation: the control of rewinding."
+    name: ClassVar[str] = "reinit"
+    controls: ClassVar[tuple[str, ...]] = ("none",)
+    preset_changes: ClassVar[dict] = {"rewind": "random"}
+
 # %% ../nbs/03_calibration.ipynb #7903cae7
-STRATEGIES: dict[str, type[Strategy]] = {c.name: c for c in (NoCalibration, VWCC, Mixup, MDA, LWCC, LWCCSI, NBA)}
+PAPER_STRATEGIES = ("none", "vwcc", "mixup", "mda", "lwcc", "lwcc_si", "nba")  # the paper's seven
+CONTROLS = ("dropout", "lwcc_add", "lwcc_si_add", "reinit")                   # ours (the section above)
+STRATEGIES: dict[str, type[Strategy]] = {c.name: c for c in (NoCalibration, VWCC, Mixup, MDA, LWCC, LWCCSI, NBA,
+                                                             Dropout, LWCCAdditive, LWCCSIAdditive, RandomReinit)}
+assert tuple(STRATEGIES) == PAPER_STRATEGIES + CONTROLS and all(bool(STRATEGIES[c].controls) == (c in CONTROLS) for c in STRATEGIES)
 
 # hyper-parameters that differ by dataset (the paper's MDA weight on MNIST); halves share their parent's
 DATASET_DEFAULTS: dict[str, dict[str, dict]] = {"mda": {"mnist": {"weight": 0.5}}}
 
+STRATEGY_GROUPS = {"paper": PAPER_STRATEGIES, "controls": CONTROLS, "all": tuple(STRATEGIES)}
+
 def strategy_names(names) -> list[str]:
-    "Strategy names as a list (`'all'` for every strategy); an unknown name, or none at all, is a `LotteryError` listing the valid ones."
-    names = list(STRATEGIES) if list(names) == ["all"] or names == "all" else list(names)
+    "Strategy names as a list, with `paper`, `controls` and `all` read as their strategies; an unknown name, or none at all, is a `LotteryError` listing the valid ones."
+    names = [names] if isinstance(names, str) else list(names)
+    names = list(dict.fromkeys(s for n in names for s in STRATEGY_GROUPS.get(n, (n,))))
     bad = [n for n in names if n not in STRATEGIES]
-    if bad or not names: raise LotteryError(f"unknown strategy {', '.join(map(repr, bad)) or '(none given)'}; choose from: {', '.join(STRATEGIES)}, or all")
+    if bad or not names: raise LotteryError(f"unknown strategy {', '.join(map(repr, bad)) or '(none given)'}; choose from: "
+                                            f"{', '.join(STRATEGIES)}, or {', '.join(STRATEGY_GROUPS)}")
     return names
 
 def get_strategy(name: str, dataset: str | None = None, **hparams) -> Strategy:

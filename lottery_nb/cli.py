@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help=COMMANDS["demo"],
                        description="Train LeNet-300-100 (Adam, the paper's batch of 60) and report accuracy, ECE, MCE, NLL and Brier on the test set.")
     d.add_argument("--dataset", default="digits", choices=sorted(DATASETS), metavar="NAME", help="dataset (default: digits, which needs no download); one of: " + ", ".join(sorted(DATASETS)))
-    d.add_argument("--strategies", nargs="+", default=["none"], metavar="NAME", help="calibration strategies, or all (default: none); stochastic ones get dropout 0.3")
+    d.add_argument("--strategies", nargs="+", default=["none"], metavar="NAME", help="calibration strategies, or the groups paper, controls, all (default: none); stochastic ones get dropout 0.3")
     d.add_argument("--epochs", type=_positive_int, default=10, help="training epochs (default 10)")
     d.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3; the paper's MNIST runs use 1e-4 for 60 epochs)")
     d.add_argument("--batch-size", type=_positive_int, default=60, help="mini-batch size (default 60, as in the paper)")
@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "interrupted ones resumed), then the figures (Figs. 5, 12, 16, 20), a results CSV and a markdown summary.")
     rp.add_argument("--budget", default=DEFAULT_BUDGET, choices=list(BUDGETS), help=budget_help)
     rp.add_argument("--datasets", nargs="+", default=["digits"], metavar="NAME", help="datasets (default digits); from: " + ", ".join(DATASET_PRESETS))
-    rp.add_argument("--strategies", nargs="+", default=["all"], metavar="NAME", help="calibration strategies, or all (default)")
+    rp.add_argument("--strategies", nargs="+", default=["paper"], metavar="NAME",
+                    help="calibration strategies, or the groups paper (the paper's seven: default), controls (ours), all")
     rp.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default 0)")
     rp.add_argument("--rounds", type=int, default=None, help="pruning rounds (default: the budget's)")
     rp.add_argument("--sparsities", nargs="*", type=float, default=[], help="also train RigL and CigL at these sparsities (e.g. 0.9 0.95)")

@@ -45,13 +45,17 @@ def load_results(*folders) -> pd.DataFrame:
 # %% ../nbs/09_figures.ipynb #809df93d
 STRATEGY_STYLE: dict[str, dict] = {
     "none": dict(label="LTH (no calibration)", color="black"),
-    "none_ts": dict(label="LTH + temperature scaling", color="0.55"),
+    "none_ts": dict(label="LTH + temperature scaling", color="0.55", linestyle="--"),
     "vwcc": dict(label="VWCC", color="#1f77b4"),
     "mixup": dict(label="Mixup", color="#ff7f0e"),
     "mda": dict(label="MDA", color="#2ca02c"),
     "lwcc": dict(label="LWCC", color="#d62728"),
     "lwcc_si": dict(label="LWCC-SI", color="#9467bd"),
     "nba": dict(label="NBA", color="#8c564b"),
+    "dropout": dict(label="LTH + dropout (control)", color="0.35", linestyle="-."),
+    "lwcc_add": dict(label="LWCC, additive (control)", color="#d62728", linestyle="--"),
+    "lwcc_si_add": dict(label="LWCC-SI, additive (control)", color="#9467bd", linestyle="--"),
+    "reinit": dict(label="LTH, random re-init (control)", color="#bcbd22", linestyle=":"),
     "rigl": dict(label="RigL", color="#17becf"),
     "cigl": dict(label="CigL", color="#e377c2"),
 }
@@ -93,7 +97,7 @@ def plot_metric(df: pd.DataFrame, metric: str, ax=None, title: str | None = None
         band = ("se", 1) if ds.groupby("_x").size().max() > 1 and s not in hidden else None  # none for one seed, or off the scale
         sns.lineplot(ds, x="_x", y=metric, errorbar=band, color=st["color"], label=st["label"], ax=ax,
                      marker="o", markersize=3.5, linewidth=2.6 if s == "none" else 1.5, zorder=5 if s == "none" else 1 if s in hidden else 3,
-                     alpha=0.35 if s in hidden else 1.0, linestyle="--" if s == "none_ts" else "-", legend=False,
+                     alpha=0.35 if s in hidden else 1.0, linestyle=st.get("linestyle", "-"), legend=False,
                      err_kws=dict(alpha=0.12, linewidth=0))
     if hidden:
         shown = np.concatenate([curves[s] for s in order if s not in hidden])

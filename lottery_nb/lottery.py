@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .calibration import Strategy, get_strategy
-from .data import DATASETS, parent_dataset
+from .calibration import STRATEGIES, Strategy, get_strategy
+from .data import DATASETS, LotteryError, parent_dataset
 from .presets import DEFAULT_BUDGET, Preset, check_rounds, get_preset
 from .pruning import Mask, full_mask, prune
 from .runs import Run, RunContext, RunDir, round_seed, build_model, find_runs, load_torch
@@ -26,7 +26,9 @@ __all__ = ['FIRST_DEFAULTS', 'FIRST_DATASET_DEFAULTS', 'HASH_OMITS_AT_DEFAULT', 
 FIRST_DEFAULTS = {  # the strategies' defaults (and model dropout) when the first runs were made: frozen, never to be edited
     "none": {"dropout": 0.0}, "vwcc": {"T": 5, "dropout": 0.3}, "mixup": {"alpha": 0.3, "dropout": 0.0}, "mda": {"weight": 1.0, "dropout": 0.0},
     "lwcc": {"form": "convex", "dropout": 0.0}, "lwcc_si": {"T": 5, "form": "convex", "dropout": 0.3},
-    "nba": {"weight": 0.1, "n_bins": 15, "bandwidth": None, "dropout": 0.0}}
+    "nba": {"weight": 0.1, "n_bins": 15, "bandwidth": None, "dropout": 0.0},
+    "dropout": {"dropout": 0.3}, "lwcc_add": {"form": "additive", "dropout": 0.0}, "lwcc_si_add": {"T": 5, "form": "additive", "dropout": 0.3},
+    "reinit": {"dropout": 0.0}}  # the controls: their defaults when they were added
 FIRST_DATASET_DEFAULTS = {("mda", "mnist"): {"weight": 0.5}}  # and those that depended on the dataset (a half: its parent's)
 
 HASH_OMITS_AT_DEFAULT = {"amp": False, "nesterov": False, "decay_bn_bias": True, "warmup_steps": 0, "decay_every_steps": 0,
@@ -39,6 +41,14 @@ class LotteryConfig:
     strategy: str
     strategy_hparams: dict = field(default_factory=dict)
     seed: int = 0
+
+    def __post_init__(self):
+        "Apply the preset fields the strategy needs (`Strategy.preset_changes`: the `reinit` control's re-initialisation)."
+        cls = STRATEGIES.get(self.strategy)
+        if cls is None or not cls.preset_changes: return
+        clash = {k: getattr(self.preset, k) for k, v in cls.preset_changes.items() if getattr(self.preset, k) not in (v, getattr(Preset, k))}
+        if clash: raise LotteryError(f"strategy {self.strategy!r} sets {cls.preset_changes}; the preset asks for {clash}: leave those fields at their defaults")
+        object.__setattr__(self, "preset", self.preset.replace(**cls.preset_changes))
 
     def to_dict(self) -> dict:
         preset = {k: v for k, v in dataclasses.asdict(self.preset).items() if HASH_OMITS_AT_DEFAULT.get(k, ...) != v}

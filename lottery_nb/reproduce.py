@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 import lottery_nb
-from .calibration import STRATEGIES, strategy_names
+from .calibration import PAPER_STRATEGIES, STRATEGIES, strategy_names
 from .data import LotteryError, load_in_memory
 from .lottery import LotteryConfig, LotteryRun
 from .presets import DATASET_PRESETS, DEFAULT_BUDGET, check_rounds, preset_for, transfer_target
@@ -40,7 +40,7 @@ def _check_seeds(seeds):
 class Grid:
     "A reproduction's grid: every (dataset, strategy, seed) lottery run, its transfer runs, and RigL/CigL runs; checked when made."
     datasets: tuple[str, ...] = ("digits",)         # datasets, each trained with its preset (presets.DATASET_PRESETS)
-    strategies: tuple[str, ...] = tuple(STRATEGIES)  # calibration strategies ('all': every one)
+    strategies: tuple[str, ...] = PAPER_STRATEGIES  # calibration strategies ('paper', 'controls', 'all': those groups)
     seeds: tuple[int, ...] = (0,)                   # one run per seed
     budget: str = DEFAULT_BUDGET                    # 'paper', 'standard', 'quick' or 'smoke'
     rounds: int | None = None                       # pruning rounds after round 0 (None: the budget's)
@@ -109,7 +109,7 @@ def _as_kind(name: str, value, kind: str):
     if optional and value is None: return None
     if kind in ("strs", "strategies", "ints", "floats"):
         items = value.replace(",", " ").split() if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
-        if kind == "strategies" and list(items) == ["all"]: return list(STRATEGIES)
+        if kind == "strategies": return strategy_names(items)
         conv = {"ints": int, "floats": float}.get(kind, str)
         what = {"ints": "integers", "floats": "numbers"}.get(kind, "names") + ", as a list or space-separated"
         if any(isinstance(v, bool) or (kind == "ints" and isinstance(v, float)) for v in items): fail(what)

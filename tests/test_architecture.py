@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers import cli
+from lottery_nb.calibration import PAPER_STRATEGIES, STRATEGIES
 from lottery_nb.data import LotteryError, parent_dataset
 from lottery_nb.lottery import LotteryConfig, LotteryRun, run_lottery
 from lottery_nb.presets import BUDGETS, PRESETS, get_preset
@@ -98,8 +99,10 @@ def test_context_options_and_field_help_come_from_the_dataclasses():
 def test_grid_is_checked_once_and_serialisable():
     g = Grid(["digits", "digits_a"], "all", [0, 1], "smoke", sparsities=[0.9])
     assert Grid(**json.loads(json.dumps(g.to_dict()))) == g
-    assert len(g.lottery("digits")) == 14 and len(g.transfer("digits")) == 0 and len(g.transfer("digits_a")) == 14
-    assert len(g.sparse("digits")) == 4 and len(g.folders("out")) == 14 + 14 + 14 + 4 + 4
+    n = 2 * len(STRATEGIES)  # every strategy ('all'), two seeds
+    assert len(g.lottery("digits")) == n and len(g.transfer("digits")) == 0 and len(g.transfer("digits_a")) == n
+    assert len(g.sparse("digits")) == 4 and len(g.folders("out")) == n + n + n + 4 + 4
+    assert Grid(["digits"]).strategies == PAPER_STRATEGIES and Grid(["digits"], ["paper", "controls"]).strategies == tuple(STRATEGIES)
     with pytest.raises(LotteryError, match="sparsity"): Grid(["digits"], ["none"], [0], sparsities=[1.0])
 
 

@@ -59,6 +59,7 @@ def test_demo_with_all_strategies(tmp_path):
     r = cli("demo", "--epochs", "2", "--strategies", "all", "--out", str(tmp_path / "d"))
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "d" / "report.json").read_text())
-    assert list(rec["test"]) == ["none", "vwcc", "mixup", "mda", "lwcc", "lwcc_si", "nba"]
+    from lottery_nb.calibration import STRATEGIES
+    assert list(rec["test"]) == list(STRATEGIES)
     assert "VWCC(T=5)" == rec["test"]["vwcc"]["strategy"]
     for name in rec["test"]: assert name in r.stdout

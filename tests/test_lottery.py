@@ -231,3 +231,21 @@ def test_a_changed_strategy_default_gets_a_new_folder_and_leaves_the_old_one(tmp
     monkeypatch.setattr(calibration, "DEFAULT_DROPOUT", 0.5)
     assert cfg.key != before and cfg.to_dict()["model_dropout"] == 0.5
     assert LotteryConfig(get_preset("digits_lenet", "smoke", dropout=0.3), "vwcc").to_dict().get("model_dropout") is None  # the preset's own dropout is hashed already
+
+
+def test_the_controls_change_one_ingredient_each(tmp_path):
+    "reinit: the same dense round and first mask as LTH, but pruned rounds from a fresh initialisation; "
+    "dropout: LTH's loss with dropout 0.3 in the model; lwcc_add: exactly LWCC with form='additive'."
+    runs = {s: run_lottery("digits_lenet", s, rounds=2, out_dir=tmp_path, **SMOKE) for s in ("none", "reinit", "dropout", "lwcc_add")}
+    runs["lwcc additive"] = run_lottery("digits_lenet", "lwcc", rounds=1, out_dir=tmp_path, strategy_hparams={"form": "additive"}, **SMOKE)
+    load = lambda s, r, f: torch.load(runs[s].round_dir(r) / f)
+    none, reinit = runs["none"].round_metrics(), runs["reinit"].round_metrics()
+    assert none[0] == {**reinit[0], "seconds": none[0]["seconds"]}  # round 0: both plain CE from θ0
+    assert all(torch.equal(load("none", 1, "mask.pt")[n], m) for n, m in load("reinit", 1, "mask.pt").items())  # pruned from the same round 0
+    assert not torch.equal(load("none", 1, "final.pt")["fc1.weight"], load("reinit", 1, "final.pt")["fc1.weight"])
+    assert json.loads((runs["reinit"].path / "config.json").read_text())["config"]["preset"]["rewind"] == "random"
+    from lottery_nb.lottery import round_model
+    assert round_model(runs["dropout"].path, 0).drop1.p == 0.3 and isinstance(round_model(runs["none"].path, 0).drop1, torch.nn.Identity)
+    add, ref = runs["lwcc_add"].round_metrics(), runs["lwcc additive"].round_metrics()
+    for a, b in zip(add[:2], ref):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
