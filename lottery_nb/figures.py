@@ -12,6 +12,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from .claims import paired_differences
 from .data import LotteryError
 from .runs import find_runs
 
@@ -19,8 +20,8 @@ from .runs import find_runs
 __all__ = ['RESULT_COLUMNS', 'STRATEGY_STYLE', 'METRIC_LABELS', 'DATASET_LABELS', 'FIGURES', 'FIGURE_TITLES', 'TS_METRICS',
            'load_results', 'style', 'strategy_order', 'off_scale', 'plot_metric', 'synthetic_results', 'metric_grid',
            'transfer_view', 'transfer_figure', 'sparse_view', 'sparse_figure', 'paper_figures', 'summary_table',
-           'to_markdown', 'run_checks', 'checks_markdown', 'with_temperature_scaled', 'paired_differences', 'verdict',
-           'verdict_over', 'claim_table', 'plot_differences', 'reliability_rows', 'bins_from_rows']
+           'to_markdown', 'run_checks', 'checks_markdown', 'with_temperature_scaled', 'plot_differences',
+           'reliability_rows', 'bins_from_rows']
 
 # %% ../nbs/09_figures.ipynb #27161d6d
 RESULT_COLUMNS = ["dataset", "preset", "model", "strategy", "seed", "round", "remaining", "accuracy", "ece", "mce", "nll", "brier"]
@@ -66,8 +67,12 @@ DATASET_LABELS = {"mnist": "MNIST, LeNet-300-100", "fashion_mnist": "Fashion-MNI
                   "digits_b": "digits-a → digits-b, LeNet-300-100"}
 
 def style(strategy: str) -> dict:
-    "Colour and label of a strategy (grey for names not in `STRATEGY_STYLE`)."
-    return STRATEGY_STYLE.get(strategy, dict(label=strategy, color="0.5"))
+    "Colour and label of a strategy (a temperature-scaled `<name>_ts`: its strategy's colour, dashed; grey for other unknown names)."
+    if strategy in STRATEGY_STYLE: return STRATEGY_STYLE[strategy]
+    base = strategy.removesuffix("_ts")
+    if base != strategy and base in STRATEGY_STYLE:
+        return {**STRATEGY_STYLE[base], "label": STRATEGY_STYLE[base]["label"] + " + temperature scaling", "linestyle": "--"}
+    return dict(label=strategy, color="0.5")
 
 # %% ../nbs/09_figures.ipynb #97f671e8
 def strategy_order(df: pd.DataFrame) -> list[str]:
@@ -269,58 +274,16 @@ def checks_markdown(checks: pd.DataFrame) -> str:
 # %% ../nbs/09_figures.ipynb #e354f6d6
 TS_METRICS = ("ece", "ece_10", "nll", "brier", "confidence")  # replaced by their ts_ values in `none_ts`
 
-def with_temperature_scaled(df: pd.DataFrame, baseline: str = "none", name: str = "none_ts") -> pd.DataFrame:
-    "`df` plus the rows of `baseline` with their temperature-scaled metrics, as strategy `name`."
-    if "ts_ece" not in df or not (df.strategy == baseline).any(): return df
-    ts = df[df.strategy == baseline].copy()
-    ts["strategy"] = name
+def with_temperature_scaled(df: pd.DataFrame, strategies=("none",)) -> pd.DataFrame:
+    "`df` plus, for each of `strategies`, its rows with their temperature-scaled metrics, as strategy `<name>_ts` (LTH's: `none_ts`)."
+    if "ts_ece" not in df: return df
+    ts = df[df.strategy.isin(list(strategies))].copy()
+    if ts.empty: return df
+    ts["strategy"] = ts["strategy"] + "_ts"
     for m in TS_METRICS:
         if f"ts_{m}" in ts: ts[m] = ts[f"ts_{m}"]
     if "confidence" in ts: ts["gap"] = ts["confidence"] - ts["accuracy"]
     return pd.concat([df, ts], ignore_index=True)
-
-# %% ../nbs/09_figures.ipynb #1301167b
-def paired_differences(df: pd.DataFrame, metric: str, baseline: str = "none", level: float = 0.95) -> pd.DataFrame:
-    "Per dataset, strategy and round: mean over seeds of (strategy − `baseline`) at the same seed, with its t-interval."
-    from scipy import stats
-    keys = ["dataset", "round", "seed"]
-    base = df[df.strategy == baseline][keys + [metric]].rename(columns={metric: "base"})
-    pairs = df[df.strategy != baseline].merge(base, on=keys)
-    pairs["diff"] = pairs[metric] - pairs["base"]
-    g = pairs.groupby(["dataset", "strategy", "round"])
-    out = g.agg(remaining=("remaining", "mean"), n=("diff", "size"), diff=("diff", "mean"), sd=("diff", "std")).reset_index()
-    half = stats.t.ppf(0.5 + level / 2, (out.n - 1).clip(lower=1)) * out.sd / np.sqrt(out.n)
-    out["lo"], out["hi"] = out["diff"] - half.where(out.n > 1, np.inf), out["diff"] + half.where(out.n > 1, np.inf)
-    return out.drop(columns="sd")
-
-def verdict(lo: float, hi: float, better: str) -> str:
-    "'holds' if the interval [lo, hi] lies on the `better` ('lower' or 'higher') side of zero, 'does not hold' if on the other, else 'inconclusive'."
-    if better not in ("lower", "higher"): raise LotteryError(f"better must be 'lower' or 'higher', got {better!r}")
-    good, bad = (hi < 0, lo > 0) if better == "lower" else (lo > 0, hi < 0)
-    return "holds" if good else "does not hold" if bad else "inconclusive"
-
-def verdict_over(verdicts) -> str:
-    "One verdict for several rounds: holds in more than half and fails in none, the reverse, or inconclusive."
-    v = list(verdicts); n_hold, n_fail = v.count("holds"), v.count("does not hold")
-    if n_hold > len(v) / 2 and n_fail == 0: return "holds"
-    if n_fail > len(v) / 2 and n_hold == 0: return "does not hold"
-    return "inconclusive"
-
-def claim_table(df: pd.DataFrame, metric: str, better: str, rounds=None, baseline: str = "none", strategies=None) -> pd.DataFrame:
-    "Per dataset and strategy: the paired difference to `baseline` averaged over `rounds`, the verdict of each round, and one verdict."
-    d = paired_differences(df, metric, baseline)
-    if rounds is not None: d = d[d["round"].isin(list(rounds))]
-    if strategies is not None: d = d[d.strategy.isin(list(strategies))]
-    d["verdict"] = [verdict(lo, hi, better) for lo, hi in zip(d.lo, d.hi)]
-    rows = []
-    for (ds, s), g in d.groupby(["dataset", "strategy"], sort=False):
-        rows.append({"dataset": ds, "strategy": s, "seeds": int(g.n.min()), "rounds": len(g), f"mean Δ{metric}": g["diff"].mean(),
-                     "holds": (g.verdict == "holds").sum(), "does not hold": (g.verdict == "does not hold").sum(),
-                     "inconclusive": (g.verdict == "inconclusive").sum(), "verdict": verdict_over(g.verdict)})
-    order = {s: i for i, s in enumerate(STRATEGY_STYLE)}
-    cols = ["dataset", "strategy", "seeds", "rounds", f"mean Δ{metric}", "holds", "does not hold", "inconclusive", "verdict"]
-    out = pd.DataFrame(rows, columns=cols)
-    return out.sort_values(["dataset", "strategy"], key=lambda c: c.map(order) if c.name == "strategy" else c, ignore_index=True)
 
 # %% ../nbs/09_figures.ipynb #7f2329f7
 def plot_differences(df: pd.DataFrame, metric: str, baseline: str = "none", ax=None, title: str | None = None, better: str | None = None):

@@ -1,48 +1,10 @@
-"""The statistics behind the results page's verdicts, against scipy: paired differences to LTH and their 95%
-intervals (`scipy.stats.ttest_rel`), the verdict rules, and the temperature-scaled reference rows."""
+"""The figures' tables: the temperature-scaled reference rows, and the tools that write the results page's CSVs."""
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from lottery_nb.figures import claim_table, paired_differences, synthetic_results, verdict, verdict_over, with_temperature_scaled
-
-
-def test_paired_intervals_match_scipy_ttest_rel():
-    df = synthetic_results(strategies=("none", "lwcc", "vwcc"), seeds=(0, 1, 2, 3), rounds=4, seed=5)
-    d = paired_differences(df, "ece")
-    for (s, r), row in d.set_index(["strategy", "round"]).iterrows():
-        a = df[(df.strategy == s) & (df["round"] == r)].sort_values("seed").ece.to_numpy()
-        b = df[(df.strategy == "none") & (df["round"] == r)].sort_values("seed").ece.to_numpy()
-        ci = stats.ttest_rel(a, b).confidence_interval(0.95)
-        assert row["diff"] == pytest.approx(np.mean(a - b)) and row.n == 4
-        assert (row.lo, row.hi) == pytest.approx((ci.low, ci.high))
-
-
-def test_pairs_are_matched_by_seed_not_by_position():
-    df = synthetic_results(strategies=("none", "lwcc"), seeds=(0, 1, 2), rounds=2, seed=1)
-    shuffled = df.sample(frac=1, random_state=0)
-    pd.testing.assert_frame_equal(paired_differences(df, "accuracy"), paired_differences(shuffled, "accuracy"))
-    # a seed missing for the baseline drops out of the pairs
-    fewer = df[~((df.strategy == "none") & (df.seed == 2))]
-    assert (paired_differences(fewer, "accuracy").n == 2).all()
-
-
-def test_one_seed_is_always_inconclusive():
-    df = synthetic_results(seeds=(0,), rounds=3)
-    d = paired_differences(df, "ece")
-    assert np.isinf(d.lo).all() and np.isinf(d.hi).all()
-    assert claim_table(df, "ece", "lower").verdict.eq("inconclusive").all()
-
-
-def test_verdict_rules():
-    assert verdict(-0.3, -0.1, "lower") == "holds" and verdict(0.1, 0.3, "lower") == "does not hold"
-    assert verdict(0.1, 0.3, "higher") == "holds" and verdict(-0.1, 0.1, "higher") == "inconclusive"
-    with pytest.raises(ValueError, match="better"): verdict(0, 1, "smaller")
-    assert verdict_over(["holds"] * 7 + ["inconclusive"] * 5) == "holds"
-    assert verdict_over(["holds"] * 6 + ["inconclusive"] * 6) == "inconclusive"  # not more than half
-    assert verdict_over(["does not hold"] * 10 + ["inconclusive"] * 2) == "does not hold"
-    assert verdict_over(["holds"] * 11 + ["does not hold"]) == "inconclusive"
+from lottery_nb.figures import synthetic_results, with_temperature_scaled
 
 
 def test_temperature_scaled_lth_rows():
