@@ -14,7 +14,7 @@ import torch
 # %% auto #0
 __all__ = ['T_BOUNDS', 'accuracy', 'BinStats', 'bin_stats', 'ece', 'mce', 'nll', 'brier', 'mean_confidence', 'calibration_gap',
            'class_accuracy', 'dead_classes', 'calibration_report', 'temperature_report', 'evaluation_report',
-           'scale_temperature', 'fit_temperature', 'cross_fit_temperature', 'reliability_diagram']
+           'ece_floor', 'scale_temperature', 'fit_temperature', 'cross_fit_temperature', 'reliability_diagram']
 
 # %% ../nbs/02_metrics.ipynb #e137a701
 def _as_inputs(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +118,18 @@ def evaluation_report(probs, labels, n_bins: int = 15) -> dict:
     "What a run records for each evaluated model: `calibration_report`, `temperature_report` and the per-class accuracy."
     return {**calibration_report(probs, labels, n_bins), **temperature_report(probs, labels, n_bins),
             "class_accuracy": class_accuracy(probs, labels)}
+
+# %% ../nbs/02_metrics.ipynb #ab089b62
+def ece_floor(confidences, n_bins: int = 15, draws: int = 500, seed: int = 0) -> tuple[float, float]:
+    "Mean and standard deviation of the ECE of a perfectly calibrated classifier with these `confidences` on as many samples (each prediction right with probability its confidence)."
+    c = torch.as_tensor(confidences, dtype=torch.float64).flatten()
+    if not len(c) or (c < 0).any() or (c > 1).any(): raise ValueError("confidences must be a non-empty set of values in [0, 1]")
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    idx = (torch.bucketize(c, edges, right=True) - 1).clamp(0, n_bins - 1)
+    onehot = torch.nn.functional.one_hot(idx, n_bins).double()  # N x M
+    right = (torch.rand(draws, len(c), generator=torch.Generator().manual_seed(seed), dtype=torch.float64) < c).double()
+    e = ((right - c) @ onehot).abs().sum(1) / len(c)  # per draw: sum over bins of |n_m (acc_m - conf_m)| / N
+    return e.mean().item(), e.std().item()
 
 # %% ../nbs/02_metrics.ipynb #32017b55
 T_BOUNDS = (0.01, 100.0)  # the temperatures fit_temperature may return
