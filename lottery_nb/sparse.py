@@ -19,8 +19,8 @@ from .pruning import Mask, MaskedTraining, RoundMethod
 from .runs import Run, RunContext, RunDir
 
 # %% auto #0
-__all__ = ['LAYER_COUNTS', 'SPARSE_FIELDS', 'layer_densities', 'random_mask', 'RigL', 'CigL', 'SparseConfig', 'sparse_config',
-           'warmup_step_scheduler', 'SparseRun', 'run_sparse']
+__all__ = ['LAYER_COUNTS', 'TIES', 'SPARSE_FIELDS', 'layer_densities', 'random_mask', 'RigL', 'CigL', 'SparseConfig',
+           'sparse_config', 'warmup_step_scheduler', 'SparseRun', 'run_sparse']
 
 # %% ../nbs/08_sparse_training.ipynb #f1ee135b
 def layer_densities(shapes: dict[str, tuple], sparsity: float, distribution: str = "erk", dense=()) -> dict[str, float]:
@@ -40,6 +40,7 @@ def layer_densities(shapes: dict[str, tuple], sparsity: float, distribution: str
         dense.add(max(over, key=lambda k: raw[k]))
 
 LAYER_COUNTS = ("exact", "bernoulli")
+TIES = ("exact", "official")  # RigL's drop and grow: exactly k each, or the official code's sorts (see RigL below)
 
 def random_mask(params: dict[str, torch.Tensor], densities: dict[str, float], generator: torch.Generator, counts: str = "bernoulli") -> Mask:
     "Randomly placed active weights: each active with probability density (`counts='bernoulli'`, the official code's draw), or exactly round(density · n) per layer (`'exact'`)."
@@ -58,12 +59,14 @@ def random_mask(params: dict[str, torch.Tensor], densities: dict[str, float], ge
 # %% ../nbs/08_sparse_training.ipynb #8a10b4a9
 class RigL(MaskedTraining):
     "Dynamic sparse training: the mask is kept like `MaskedTraining` and updated every `delta_t` steps (drop by magnitude, grow by gradient) instead of that step's update."
-    def __init__(self, model: nn.Module, mask: Mask, delta_t: int = 100, drop_fraction: float = 0.3, end_fraction: float = 0.75):
+    def __init__(self, model: nn.Module, mask: Mask, delta_t: int = 100, drop_fraction: float = 0.3, end_fraction: float = 0.75,
+                 ties: str = "exact"):
+        if ties not in TIES: raise LotteryError(f"unknown ties {ties!r}; choose one of: {', '.join(TIES)}")
         super().__init__(model, {k: m.clone() for k, m in mask.items()})
         params = dict(model.named_parameters())
         self.mask = {k: m for k, (_, m) in zip(mask, self.pairs)}  # MaskedTraining's boolean masks, updated in place
         self.params = {k: params[k] for k in mask}
-        self.delta_t, self.drop_fraction, self.end_fraction = delta_t, drop_fraction, end_fraction
+        self.delta_t, self.drop_fraction, self.end_fraction, self.ties = delta_t, drop_fraction, end_fraction, ties
         self.step, self.total_steps, self.optimizer, self.updates = 0, None, None, []
 
     def attach(self, optimizer, loader, epochs: int):
@@ -100,21 +103,35 @@ class RigL(MaskedTraining):
             w, flat = self.params[k], m.flatten().clone()  # logical order, whatever the memory format
             k_move = math.ceil(f * int(flat.sum()))
             if k_move == 0: continue
-            score = torch.where(flat, w.detach().abs().flatten(), torch.full_like(flat, float("inf"), dtype=w.dtype))
-            drop = torch.topk(score, k_move, largest=False).indices
-            flat[drop] = False
-            grow_score = torch.where(flat, torch.full_like(flat, -1.0, dtype=w.dtype), dense_grad[k].abs().flatten())
-            grow = torch.topk(grow_score, k_move).indices
-            flat[grow] = True
+            grow, dropped, grown_n = (self._drop_grow_official if self.ties == "official" else self._drop_grow)(w.detach().flatten(), dense_grad[k].flatten(), flat, k_move)
             m.copy_(flat.view(m.shape))
             grown = torch.zeros_like(flat); grown[grow] = True
             w.masked_fill_(grown.view(w.shape), 0.0)
             reset = (~flat).view(w.shape)  # the official reset_momentum: state times the new mask (a regrown weight keeps its own)
             for buf in (self.optimizer.state.get(w, {}) if self.optimizer is not None else {}).values():
                 if torch.is_tensor(buf) and buf.shape == w.shape: buf.masked_fill_(reset, 0.0)
-            record[k] = (k_move, k_move)  # dropped, grown
+            record[k] = (dropped, grown_n)  # weights dropped, and inactive ones grown
         self.refresh()  # the float masks follow; dropped weights to zero
         self.updates.append(record)
+
+    @staticmethod
+    def _drop_grow(w, grad, flat, k: int):
+        "Ours: exactly `k` active weights dropped (smallest magnitude), `k` inactive ones grown (largest |gradient|); `flat` in place. The grown indices and both counts."
+        drop = torch.topk(torch.where(flat, w.abs(), torch.full_like(w, float("inf"))), k, largest=False).indices
+        flat[drop] = False
+        grow = torch.topk(torch.where(flat, torch.full_like(w, -1.0), grad.abs()), k).indices
+        flat[grow] = True
+        return grow, k, k
+
+    @staticmethod
+    def _drop_grow_official(w, grad, flat, k: int):
+        "The official code's sorts: the `zeros + k` smallest |w| off (zeros included), the `k` largest |gradient · inactive| on (active ones tie at 0)."
+        before, zeros = flat.clone(), int((~flat).sum())
+        flat[torch.sort(w.abs())[1][: zeros + k]] = False
+        after_drop = flat.clone()
+        grow = torch.sort((grad * (~flat)).abs(), descending=True)[1][:k]
+        flat[grow] = True
+        return grow, int((before & ~after_drop).sum()), int((~after_drop[grow]).sum())
 
     def state_dict(self) -> dict:
         return {"mask": {k: m.cpu().clone() for k, m in self.mask.items()}, "step": self.step, "updates": self.updates}
@@ -128,8 +145,8 @@ class RigL(MaskedTraining):
 class CigL(RigL):
     "RigL plus a random mask redrawn at every step (each active weight dropped with probability 1/dpnum) and weight averaging, as in CigL's official code."
     def __init__(self, model: nn.Module, mask: Mask, delta_t: int = 100, drop_fraction: float = 0.3, end_fraction: float = 0.75,
-                 dpnum: int = 100, swa_start: float = 0.8):
-        super().__init__(model, mask, delta_t, drop_fraction, end_fraction)
+                 dpnum: int = 100, swa_start: float = 0.8, ties: str = "exact"):
+        super().__init__(model, mask, delta_t, drop_fraction, end_fraction, ties)
         self.model, self.dpnum, self.swa_start = model, dpnum, swa_start
         self.keep = {k: torch.ones_like(p, dtype=torch.bool) for k, p in self.params.items()}  # the current random mask r
         self.real = {k: p.detach().clone() for k, p in self.params.items()}  # w~: the real values of the dropped weights
@@ -197,11 +214,13 @@ class SparseConfig(LotteryConfig):
     swa_start: float = 0.8        # CigL: average the weights of the epochs after this fraction of training
     warmup_epochs: int = 0        # linear learning-rate warm-up over epochs before the preset's epoch milestones (CigL's ResNet-50 warms up by steps: its preset's warmup_steps)
     layer_counts: str = "bernoulli"  # initial mask: each weight active with probability density ('bernoulli', the official code) or 'exact' (round(density · n) per layer)
+    ties: str = "exact"           # drop and grow exactly k weights per layer ('exact'), or by the official code's sorts, whose ties can shrink a layer ('official')
 
     def to_dict(self) -> dict:
         keys = ("method", "sparsity", "distribution", "delta_t", "drop_fraction", "end_fraction", "warmup_epochs")
         keys += ("dpnum", "swa_start") if self.method == "cigl" else ()
-        keys += ("layer_counts",) if self.layer_counts != "exact" else ()  # 'exact', the only draw before issue 18, is left out: its runs keep their folders
+        keys += ("layer_counts",) if self.layer_counts != "exact" else ()  # hashed only where not 'exact', the first runs' draw
+        keys += ("ties",) if self.ties != "exact" else ()
         return {**super().to_dict(), "sparse": {k: getattr(self, k) for k in keys}}
 
     @property
@@ -215,13 +234,14 @@ class SparseConfig(LotteryConfig):
         if not 0 < self.sparsity < 1: raise LotteryError(f"sparsity must be in (0, 1), got {self.sparsity!r}")
         if self.distribution not in ("erk", "uniform"): raise LotteryError(f"unknown distribution {self.distribution!r}; choose 'erk' or 'uniform'")
         if self.layer_counts not in LAYER_COUNTS: raise LotteryError(f"unknown layer_counts {self.layer_counts!r}; choose 'exact' or 'bernoulli'")
+        if self.ties not in TIES: raise LotteryError(f"unknown ties {self.ties!r}; choose one of: {', '.join(TIES)}")
         for name in ("drop_fraction", "end_fraction", "swa_start"):
             if not 0 < getattr(self, name) <= 1: raise LotteryError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
         if self.delta_t < 1 or self.dpnum < 2: raise LotteryError(f"delta_t must be >= 1 and dpnum >= 2, got {self.delta_t}, {self.dpnum}")
 
     def make_method(self):
         "A factory (model, mask) -> the RigL or CigL object that keeps and updates the mask."
-        kw = dict(delta_t=self.delta_t, drop_fraction=self.drop_fraction, end_fraction=self.end_fraction)
+        kw = dict(delta_t=self.delta_t, drop_fraction=self.drop_fraction, end_fraction=self.end_fraction, ties=self.ties)
         if self.method == "rigl": return lambda model, mask: RigL(model, mask, **kw)
         return lambda model, mask: CigL(model, mask, **kw, dpnum=self.dpnum, swa_start=self.swa_start)
 

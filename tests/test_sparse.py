@@ -243,6 +243,49 @@ def test_cigl_follows_the_official_code_step_by_step():
     assert dropped > 0 and held > 0.5 * dropped  # a dropped weight holds its small update, not zero, until it is restored
 
 
+def _side_by_side(base, mask, steps=40, **ours_kw):
+    "Our CigL and the transcription of the official code on copies of `base`, the same batches and random draws; both, after `steps`."
+    data = load_in_memory("digits")
+    batches = [(x.clone(), y.clone()) for x, y in BatchLoader(data, 30)][:steps]
+    models = [copy.deepcopy(base) for _ in range(2)]
+    opts = [torch.optim.SGD(mm.parameters(), 0.05, momentum=0.9, weight_decay=1e-4) for mm in models]
+    ours = CigL(models[0], mask, delta_t=7, drop_fraction=0.3, end_fraction=0.75, dpnum=5, **ours_kw)
+    ours.attach(opts[0], batches, 1)
+    ref = OfficialCigL(models[1], opts[1], mask, dpnum=5, interval=7, prune_rate=0.3, end_when=0.75 * len(batches))
+    gen_state = torch.get_rng_state()
+    for t, (x, y) in enumerate(batches):
+        for i, (mm, opt) in enumerate(zip(models, opts)):
+            torch.set_rng_state(gen_state)
+            opt.zero_grad(); nn.functional.cross_entropy(mm(x), y).backward()
+            if i == 0:
+                if ours.before_step() is not False: opt.step()
+                ours.after_step()
+            else: ref.train_step(t)
+        gen_state = torch.get_rng_state()
+        yield t, ours, ref, models
+
+
+def test_official_ties_are_the_official_sorts_where_dead_units_tie():
+    """Twenty dead hidden units (no output, so their outgoing weights get no gradient, and those weights start at zero):
+    the official sorts fill the growth from the tie at zero and the output layer loses weights for good. With
+    ties='official' ours is the transcription of the official code step by step; with 'exact' no layer's count moves."""
+    torch.manual_seed(0)
+    base = get_model("lenet_300_100", input_shape=(1, 8, 8))
+    with torch.no_grad():
+        base.fc2.weight[:20] = 0; base.fc2.bias[:20] = -1; base.fc.weight[:, :20] = 0
+    params = prunable_parameters(base)
+    mask = random_mask(params, layer_densities({k: tuple(p.shape) for k, p in params.items()}, 0.9), torch.Generator().manual_seed(0), "exact")
+    for t, ours, ref, models in _side_by_side(base, mask, ties="official"):
+        for k, p in models[0].named_parameters():
+            assert torch.allclose(p, dict(models[1].named_parameters())[k], rtol=1e-5, atol=1e-6), (t, k)
+        for k in mask: assert torch.equal(ours.mask[k], ref.mask[k].bool()), (t, k)
+    lost = int(mask["fc.weight"].sum()) - int(ours.mask["fc.weight"].sum())
+    assert lost > 0 and any(v[0] > v[1] for u in ours.updates for k, v in u.items() if k != "step")  # fewer grown than dropped
+    for t, ours, ref, models in _side_by_side(base, mask): pass
+    assert all(int(ours.mask[k].sum()) == int(mask[k].sum()) for k in mask)
+    with pytest.raises(ValueError, match="ties"): RigL(copy.deepcopy(base), mask, ties="sorted")
+
+
 def test_cigl_weight_averaging_from_swa_start_inclusive():
     m, cigl, _, log = _train(CigL, epochs=4, dpnum=5, swa_start=0.5)
     assert all(log["counts"]) and all(log["grown_zero"])
