@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from helpers import cli
+from conftest import REPO
 from lottery_nb.calibration import PAPER_STRATEGIES, STRATEGIES
 from lottery_nb.data import LotteryError, parent_dataset
 from lottery_nb.lottery import LotteryConfig, LotteryRun, run_lottery
@@ -137,3 +138,32 @@ def test_every_package_the_library_imports_is_a_declared_requirement():
                 for dist in dists.get(top, [top]):
                     if dist.lower().replace("_", "-") not in allowed: missing.add(f"{f.name}: {top} ({dist})")
     assert not missing, f"imported but not in settings.ini's requirements: {sorted(missing)}"
+
+
+def test_every_committed_run_keeps_its_folder_name():
+    "The run folders behind the results page's tables, rebuilt from their configurations: the hashing rule renames none of them."
+    import pandas as pd
+    from lottery_nb.presets import preset_for
+    from lottery_nb.sparse import sparse_config
+    from lottery_nb.transfer import transfer_config_from
+    results = REPO / "nbs" / "results"
+    budgets = {"quick_mnist_fashion.csv": "quick", "standard_mnist_fashion.csv": "standard", "quick_transfer_mnist.csv": "quick"}
+    n = 0
+    for f, budget in budgets.items():
+        d = pd.read_csv(results / f)
+        for run in d[d.kind == "lottery"][["dataset", "strategy", "seed", "run"]].drop_duplicates().itertuples():
+            cfg = LotteryConfig(preset_for(run.dataset, budget), run.strategy, {}, int(run.seed))
+            assert cfg.run_name == run.run, (f, run.run); n += 1
+        for run in d[d.kind == "transfer"][["dataset", "source_strategy", "seed", "run"]].drop_duplicates().itertuples():
+            src = LotteryConfig(preset_for("mnist_a", budget), run.source_strategy, {}, int(run.seed))
+            assert transfer_config_from(src, run.dataset).run_name == run.run, (f, run.run); n += 1
+    sparse = {"quick_sparse_mnist.csv": {}, "erk_bernoulli_fashion_lr1e-3.csv": dict(epochs=60, lr=0.001),
+              "cigl_vs_rigl_fashion_lr1e-3.csv": dict(epochs=60, lr=0.001, layer_counts="exact")}
+    for f, over in sparse.items():
+        d = pd.read_csv(results / f)
+        for run in d[["preset", "method", "seed", "run"]].drop_duplicates().itertuples():
+            sp = float(run.run.split("-sparsity")[1].split("-")[0])  # older tables have no target_sparsity column
+            assert sparse_config(run.preset, run.method, sp, int(run.seed), "quick", **over).run_name == run.run, (f, run.run); n += 1
+    paper = {"fashion_mnist_lenet-none-seed0-af43b365ee43", "fashion_mnist_lenet-none-seed1-c7c47db04341"}  # the paper-budget grid's
+    assert {LotteryConfig(preset_for("fashion_mnist", "paper"), "none", {}, s).run_name for s in (0, 1)} == paper
+    assert n > 80
