@@ -12,28 +12,19 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fastcore.basics import patch
+
 from .calibration import STRATEGIES, Strategy, get_strategy
 from .data import DATASETS, LotteryError, parent_dataset
-from .presets import DEFAULT_BUDGET, Preset, check_rounds, get_preset
+from .presets import DEFAULT_BUDGET, Preset, check_rounds, get_preset, identity
 from .pruning import Mask, full_mask, prune
 from .runs import Run, RunContext, RunDir, round_seed, build_model, find_runs, load_torch
 
 # %% auto #0
-__all__ = ['FIRST_DEFAULTS', 'FIRST_DATASET_DEFAULTS', 'HASH_OMITS_AT_DEFAULT', 'CONVERGENCE_COLUMNS', 'LotteryConfig',
-           'LotteryRun', 'lottery_config', 'run_lottery', 'round_model', 'convergence_table']
+__all__ = ['CONVERGENCE_COLUMNS', 'LotteryConfig', 'preset_from_dict', 'LotteryRun', 'lottery_config', 'run_lottery',
+           'round_model', 'convergence_table']
 
 # %% ../nbs/06_lottery.ipynb #b6484df9
-FIRST_DEFAULTS = {  # the strategies' defaults (and model dropout) when the first runs were made: frozen, never to be edited
-    "none": {"dropout": 0.0}, "vwcc": {"T": 5, "dropout": 0.3}, "mixup": {"alpha": 0.3, "dropout": 0.0}, "mda": {"weight": 1.0, "dropout": 0.0},
-    "lwcc": {"form": "convex", "dropout": 0.0}, "lwcc_si": {"T": 5, "form": "convex", "dropout": 0.3},
-    "nba": {"weight": 0.1, "n_bins": 15, "bandwidth": None, "dropout": 0.0},
-    "dropout": {"dropout": 0.3}, "lwcc_add": {"form": "additive", "dropout": 0.0}, "lwcc_si_add": {"T": 5, "form": "additive", "dropout": 0.3},
-    "reinit": {"dropout": 0.0}}  # the controls: their defaults when they were added
-FIRST_DATASET_DEFAULTS = {("mda", "mnist"): {"weight": 0.5}}  # and those that depended on the dataset (a half: its parent's)
-
-HASH_OMITS_AT_DEFAULT = {"amp": False, "nesterov": False, "decay_bn_bias": True, "warmup_steps": 0, "decay_every_steps": 0,
-                         "validation_split": 0.0, "init": "default"}  # preset fields newer than the first runs: hashed only when not at these defaults
-
 @dataclass(frozen=True)
 class LotteryConfig:
     "What determines a lottery run's results."
@@ -51,20 +42,13 @@ class LotteryConfig:
         object.__setattr__(self, "preset", self.preset.replace(**cls.preset_changes))
 
     def to_dict(self) -> dict:
-        preset = {k: v for k, v in dataclasses.asdict(self.preset).items() if HASH_OMITS_AT_DEFAULT.get(k, ...) != v}
-        changed = self.changed_defaults()
-        dropout = {"model_dropout": changed.pop("dropout")} if "dropout" in changed else {}
-        hparams = {**self.strategy_hparams, **changed}
-        return {"preset": preset, "strategy": self.strategy, "strategy_hparams": dict(sorted(hparams.items())), "seed": self.seed, **dropout}
+        "What names the run (`key`): the preset's identity, the strategy, its hyper-parameters as given, the seed."
+        return {"preset": identity(self.preset), "strategy": self.strategy, "strategy_hparams": dict(sorted(self.strategy_hparams.items())), "seed": self.seed}
 
-    def changed_defaults(self) -> dict:
-        "The hyper-parameters this configuration leaves to the strategy's defaults (with the model's dropout, when the preset leaves it to the strategy) whose defaults differ from the first runs' (`FIRST_DEFAULTS`)."
+    def resolved(self) -> dict:
+        "What the run trains with beyond its name: every hyper-parameter of the strategy, and the model's dropout."
         s = self.make_strategy()
-        now = {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.init and f.name not in self.strategy_hparams}
-        if self.preset.dropout is None: now["dropout"] = s.dropout
-        d = self.preset.dataset
-        first = {**FIRST_DEFAULTS.get(self.strategy, {}), **FIRST_DATASET_DEFAULTS.get((self.strategy, parent_dataset(d) if d in DATASETS else d), {})}
-        return {k: v for k, v in now.items() if first.get(k, ...) != v}
+        return {"strategy_hparams": s.hparams, "model_dropout": s.dropout if self.preset.dropout is None else self.preset.dropout}
 
     @property
     def key(self) -> str:
@@ -76,19 +60,21 @@ class LotteryConfig:
 
     def make_strategy(self) -> Strategy: return get_strategy(self.strategy, self.preset.dataset, **self.strategy_hparams)
 
-    @staticmethod
-    def preset_from_dict(d: dict) -> Preset:
-        p = dict(d)
-        p["milestones"] = tuple(p["milestones"]); p["layer_fractions"] = tuple(tuple(x) for x in p["layer_fractions"])
-        return Preset(**p)
+# %% ../nbs/06_lottery.ipynb #1d671857
+def preset_from_dict(d: dict) -> Preset:
+    "A `Preset` from its JSON form (lists back to tuples; fields absent from it at their defaults)."
+    p = dict(d)
+    p["milestones"] = tuple(p["milestones"]); p["layer_fractions"] = tuple(tuple(x) for x in p["layer_fractions"])
+    return Preset(**p)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "LotteryConfig":
-        return cls(cls.preset_from_dict(d["preset"]), d["strategy"], dict(d["strategy_hparams"]), d["seed"])
+@patch(cls_method=True)
+def from_dict(cls: LotteryConfig, d: dict) -> LotteryConfig:
+    "The configuration whose `to_dict()` is `d` (a folder's config.json)."
+    return cls(preset_from_dict(d["preset"]), d["strategy"], dict(d["strategy_hparams"]), d["seed"])
 
 # %% ../nbs/06_lottery.ipynb #85ecaeed
 class LotteryRun(Run):
-    "Iterative magnitude pruning with rewinding: round 0 dense, each later round prunes the last and rewinds."
+    "Iterative pruning with rewinding: round 0 dense, each later round prunes the last and rewinds."
     def __init__(self, cfg: LotteryConfig, rounds: int | None = None, out_dir="runs", ctx: RunContext | None = None, path=None):
         super().__init__(cfg, out_dir, ctx, path)
         self.n_rounds = check_rounds(cfg.preset.rounds if rounds is None else rounds)
@@ -96,26 +82,34 @@ class LotteryRun(Run):
     @property
     def rounds(self) -> list[int]: return list(range(self.n_rounds + 1))
 
+    def pruning_rule(self, r: int, model) -> dict:
+        "The keyword arguments of `prune` for round `r`: the preset's fraction, scope, layer rates, exclusions and criterion (with a generator of its own)."
+        p = self.cfg.preset
+        return dict(fraction=p.pruning_fraction, scope=p.pruning_scope, layer_fractions=dict(p.layer_fractions), exclude=self.exclusions(model),
+                    criterion=p.pruning_criterion, generator=torch.Generator().manual_seed(round_seed(self.cfg.seed, r) + 11))
+
     def round_mask(self, r: int, model) -> Mask:
         "Round 0: dense. Round r: the preset's pruning rule applied to round r−1's trained weights under its mask."
         if r == 0: return full_mask(model)
-        p, prev = self.cfg.preset, self.dir.round_dir(r - 1)
+        prev = self.dir.round_dir(r - 1)
         prev_mask = self.mask(r - 1, model)  # read, or made again if unreadable (which may load older weights into `model`)
         model.load_state_dict(load_torch(prev / "final.pt", f"trained weights of round {r - 1}", f"Delete {prev} to train that round again."))
-        return prune(model, prev_mask, p.pruning_fraction,
-                     p.pruning_scope, dict(p.layer_fractions), self.exclusions(model))
+        return prune(model, prev_mask, **self.pruning_rule(r, model))
 
-    def round_start(self, r: int) -> dict:
-        "What round `r`'s ticket starts from: θ₀, the late-rewinding state θ_k, or a seed for a fresh initialisation."
-        p = self.cfg.preset
-        if p.rewind == "random" and r > 0: return {"seed": round_seed(self.cfg.seed, r) + 7}
-        if p.rewind == "late" and r > 0:
-            return {"state": load_torch(self.dir.path / "rewind.pt", "late-rewinding state", f"Delete {self.dir.round_dir(0)} to recompute it.")}
-        return {"state": self.initial_state()}
+# %% ../nbs/06_lottery.ipynb #881eb47d
+@patch
+def round_start(self: LotteryRun, r: int) -> dict:
+    "What round `r`'s ticket starts from: θ₀, the late-rewinding state θ_k, or a seed for a fresh initialisation."
+    p = self.cfg.preset
+    if p.rewind == "random" and r > 0: return {"seed": round_seed(self.cfg.seed, r) + 7}
+    if p.rewind == "late" and r > 0:
+        return {"state": load_torch(self.dir.path / "rewind.pt", "late-rewinding state", f"Delete {self.dir.round_dir(0)} to recompute it.")}
+    return {"state": self.initial_state()}
 
-    def late_rewind(self, r: int):
-        "Round 0 of late rewinding saves θ_k, the weights after step k, as rewind.pt."
-        return (self.dir.path / "rewind.pt", self.cfg.preset.rewind_step) if self.cfg.preset.rewind == "late" and r == 0 else None
+@patch
+def late_rewind(self: LotteryRun, r: int):
+    "Round 0 of late rewinding saves θ_k, the weights after step k, as rewind.pt."
+    return (self.dir.path / "rewind.pt", self.cfg.preset.rewind_step) if self.cfg.preset.rewind == "late" and r == 0 else None
 
 def lottery_config(preset: str | Preset, strategy: str, seed: int = 0, budget: str = DEFAULT_BUDGET,
                    strategy_hparams: dict | None = None, **overrides) -> LotteryConfig:

@@ -8,12 +8,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
+from fastcore.basics import patch
+
 from .data import LotteryError, get_spec
 from .models import INITS, MODELS
+from .pruning import PRUNING_CRITERIA
 
 # %% auto #0
-__all__ = ['LENET_PRUNING', 'HALF_PRESETS', 'PRESETS', 'BUDGETS', 'DEFAULT_BUDGET', 'DATASET_PRESETS', 'SOURCE_HALVES',
-           'SPARSE_BUDGETS', 'check_rounds', 'Preset', 'get_preset', 'transfer_target', 'preset_for', 'sparse_budget']
+__all__ = ['BUDGET_NAMES', 'DEFAULT_BUDGET', 'SPARSE_BUDGET_DEFAULTS', 'DECLARED', 'LENET_PRUNING', 'PRESETS', 'BUDGETS',
+           'DATASET_PRESETS', 'SOURCE_HALVES', 'check_rounds', 'later', 'for_method', 'identity', 'Preset', 'Declared',
+           'declare', 'declare_half', 'get_preset', 'transfer_target', 'preset_for', 'sparse_budget']
 
 # %% ../nbs/05a_presets.ipynb #ac78749f
 def _fraction(name: str, q):
@@ -29,6 +33,28 @@ def check_rounds(rounds: int) -> int:
     _count("rounds", rounds, 0)
     return rounds
 
+# %% ../nbs/05a_presets.ipynb #1bef331d
+_OMIT, _METHOD = "identity_omit", "identity_method"
+
+def later(default, omit=dataclasses.MISSING):
+    "A field added after runs existed: part of a run's identity only where its value is not `omit` (by default: its default)."
+    return dataclasses.field(default=default, metadata={_OMIT: default if omit is dataclasses.MISSING else omit})
+
+def for_method(default, method: str):
+    "A field of one method of a configuration: part of the identity of that method's runs only."
+    return dataclasses.field(default=default, metadata={_METHOD: method})
+
+def identity(obj, names=None) -> dict:
+    "The fields of the dataclass `obj` (those in `names`, if given) that name its run, by the rules of `later` and `for_method`."
+    out = {}
+    for f in dataclasses.fields(obj):
+        if names is not None and f.name not in names: continue
+        v = getattr(obj, f.name)
+        if (_OMIT in f.metadata and v == f.metadata[_OMIT]) or (_METHOD in f.metadata and getattr(obj, "method", None) != f.metadata[_METHOD]): continue
+        out[f.name] = v
+    return out
+
+# %% ../nbs/05a_presets.ipynb #5a0e000a
 @dataclass(frozen=True)
 class Preset:
     "One experimental setup of the paper; fields can be overridden with `replace` or `get_preset(..., **overrides)`."
@@ -55,102 +81,125 @@ class Preset:
     max_train_samples: int | None = None  # train on the first n samples of a fixed shuffle (smoke budgets)
     max_test_samples: int | None = None   # evaluate on the first n test samples (smoke budgets)
     rounds: int = 20                # default number of pruning rounds after the dense round 0
-    amp: bool = False               # bfloat16 autocast on CUDA: faster on some GPUs, other numbers (off in the papers' setups)
-    nesterov: bool = False          # SGD with Nesterov momentum (CigL's official code)
-    decay_bn_bias: bool = True      # weight decay on batch-norm parameters and biases too (CigL's official code: not)
-    warmup_steps: int = 0           # linear learning-rate warm-up over the first steps (then decay by steps, see decay_every_steps)
-    decay_every_steps: int = 0      # learning rate times gamma every this many steps after the warm-up (0: at the epoch milestones)
-    validation_split: float = 0.0   # hold out the last fraction of the training set, in file order (CigL's official code: 0.1)
-    init: str = "default"           # 'default' (PyTorch's) or 'official' (CigL's ResNet initialisation, models.official_init)
+    amp: bool = later(False)        # bfloat16 autocast on CUDA: faster on some GPUs, other numbers (off in the papers' setups)
+    nesterov: bool = later(False)   # SGD with Nesterov momentum (CigL's official code)
+    decay_bn_bias: bool = later(True)  # weight decay on batch-norm parameters and biases too (CigL's official code: not)
+    warmup_steps: int = later(0)    # linear learning-rate warm-up over the first steps (then decay by steps, see decay_every_steps)
+    decay_every_steps: int = later(0)  # learning rate times gamma every this many steps after the warm-up (0: at the epoch milestones)
+    validation_split: float = later(0.0)  # hold out the last fraction of the training set, in file order (CigL's official code: 0.1)
+    init: str = later("default")    # 'default' (PyTorch's) or 'official' (CigL's ResNet initialisation, models.official_init)
+    pruning_criterion: str = later("magnitude")  # how a round ranks the surviving weights (pruning chapter: PRUNING_CRITERIA)
 
     def __post_init__(self): self.validate()
 
-    def validate(self):
-        "Refuse impossible values with a `LotteryError` that says what is valid."
-        get_spec(self.dataset)  # an unknown dataset lists the valid ones
-        if self.model not in MODELS: raise LotteryError(f"unknown model {self.model!r}; choose one of: {', '.join(sorted(MODELS))}")
-        for name, valid in (("optimizer", ("adam", "sgd")), ("pruning_scope", ("local", "global")), ("rewind", ("init", "random", "late"))):
-            if getattr(self, name) not in valid: raise LotteryError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(valid)}")
-        _fraction("pruning_fraction", self.pruning_fraction)
-        for n, q in self.layer_fractions: _fraction(f"layer fraction of {n}", q)
-        if self.dropout is not None and not 0 <= self.dropout < 1: raise LotteryError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        for name in ("epochs", "batch_size"): _count(name, getattr(self, name), 1)
-        for name in ("rewind_step", "eval_mc_passes", "warmup_steps", "decay_every_steps"): _count(name, getattr(self, name), 0)
-        if (self.warmup_steps or self.decay_every_steps) and self.milestones:
-            raise LotteryError("a schedule by steps (warmup_steps, decay_every_steps) replaces the epoch milestones: set milestones=[] too")
-        if not (isinstance(self.validation_split, (int, float)) and 0 <= self.validation_split < 1):
-            raise LotteryError(f"validation_split must be in [0, 1), got {self.validation_split!r}")
-        if self.init not in INITS: raise LotteryError(f"unknown init {self.init!r}; choose one of: {', '.join(INITS)}")
-        for name in ("max_train_samples", "max_test_samples"): _count(name, getattr(self, name), 1, none_ok=True)
-        check_rounds(self.rounds)
-        if not (isinstance(self.milestones, (tuple, list)) and all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in self.milestones)):
-            raise LotteryError(f"milestones must be a list of epochs >= 1, got {self.milestones!r}")
-        if not self.lr > 0: raise LotteryError(f"lr must be positive, got {self.lr!r}")
+# %% ../nbs/05a_presets.ipynb #5a0e000b
+@patch
+def validate(self: Preset):
+    "Refuse impossible values with a `LotteryError` that says what is valid."
+    get_spec(self.dataset)  # an unknown dataset lists the valid ones
+    if self.model not in MODELS: raise LotteryError(f"unknown model {self.model!r}; choose one of: {', '.join(sorted(MODELS))}")
+    for name, valid in (("optimizer", ("adam", "sgd")), ("pruning_scope", ("local", "global")), ("rewind", ("init", "random", "late")),
+                        ("init", INITS), ("pruning_criterion", tuple(PRUNING_CRITERIA))):
+        if getattr(self, name) not in valid: raise LotteryError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(valid)}")
+    _fraction("pruning_fraction", self.pruning_fraction)
+    for n, q in self.layer_fractions: _fraction(f"layer fraction of {n}", q)
+    if self.dropout is not None and not 0 <= self.dropout < 1: raise LotteryError(f"dropout must be in [0, 1), got {self.dropout!r}")
+    for name in ("epochs", "batch_size"): _count(name, getattr(self, name), 1)
+    for name in ("rewind_step", "eval_mc_passes", "warmup_steps", "decay_every_steps"): _count(name, getattr(self, name), 0)
+    if (self.warmup_steps or self.decay_every_steps) and self.milestones:
+        raise LotteryError("a schedule by steps (warmup_steps, decay_every_steps) replaces the epoch milestones: set milestones=[] too")
+    if not (isinstance(self.validation_split, (int, float)) and 0 <= self.validation_split < 1):
+        raise LotteryError(f"validation_split must be in [0, 1), got {self.validation_split!r}")
+    for name in ("max_train_samples", "max_test_samples"): _count(name, getattr(self, name), 1, none_ok=True)
+    check_rounds(self.rounds)
+    if not (isinstance(self.milestones, (tuple, list)) and all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in self.milestones)):
+        raise LotteryError(f"milestones must be a list of epochs >= 1, got {self.milestones!r}")
+    if not self.lr > 0: raise LotteryError(f"lr must be positive, got {self.lr!r}")
 
-    def replace(self, **overrides) -> "Preset":
-        "A copy with some fields changed; unknown fields are refused with the valid ones."
-        valid = [f.name for f in fields(self)]
-        unknown = sorted(set(overrides) - set(valid))
-        if unknown: raise LotteryError(f"preset {self.name!r} has no field {', '.join(map(repr, unknown))}; valid fields: {', '.join(valid)}")
-        return dataclasses.replace(self, **overrides)
+@patch
+def replace(self: Preset, **overrides) -> Preset:
+    "A copy with some fields changed; unknown fields are refused with the valid ones."
+    valid = [f.name for f in fields(self)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown: raise LotteryError(f"preset {self.name!r} has no field {', '.join(map(repr, unknown))}; valid fields: {', '.join(valid)}")
+    return dataclasses.replace(self, **overrides)
+
+# %% ../nbs/05a_presets.ipynb #4b400b2e
+BUDGET_NAMES = {"paper": "exactly the paper", "standard": "the paper's setup with the epochs that change nothing measurable",
+                "quick": "a few epochs a round: a grid in minutes to an hour", "smoke": "seconds: for tests"}
+DEFAULT_BUDGET = "quick"  # of every command and run function: the paper's budget is asked for by name
+SPARSE_BUDGET_DEFAULTS = {"smoke": ({}, {"delta_t": 5})}  # every preset's sparse runs at these budgets, unless it declares more
+
+@dataclass(frozen=True)
+class Declared:
+    "A preset with everything declared beside it."
+    preset: Preset
+    budgets: dict        # budget -> the fields it changes ('paper': none)
+    sparse: dict         # budget -> (preset fields, SparseConfig fields) for sparse runs
+    grid: bool           # the preset a grid on its dataset trains
+    half_of: str | None  # for a transfer source: the preset it is the first half of
+
+DECLARED: dict[str, Declared] = {}
+
+def declare(preset: Preset, *, standard: dict, quick: dict, smoke: dict, sparse: dict | None = None, grid: bool = True) -> Preset:
+    "Register `preset` with what the `standard`, `quick` and `smoke` budgets change in it (and, optionally, in its sparse runs)."
+    if preset.name in DECLARED: raise LotteryError(f"preset {preset.name!r} is declared twice")
+    if grid and any(d.grid and d.preset.dataset == preset.dataset for d in DECLARED.values()):
+        raise LotteryError(f"two grid presets for dataset {preset.dataset!r}: declare the second with grid=False")
+    budgets = {"paper": {}, "standard": dict(standard), "quick": dict(quick), "smoke": dict(smoke)}
+    for b, changes in budgets.items(): preset.replace(**changes)  # an unknown field is an error here, at import
+    DECLARED[preset.name] = Declared(preset, budgets, dict(sparse or {}), grid, None)
+    return preset
+
+def declare_half(name: str, parent: str, half: str) -> Preset:
+    "Register the preset `parent` on the half `half` of its dataset, as `name`, with the parent's budgets: a transfer source."
+    d = DECLARED[parent]
+    DECLARED[name] = Declared(d.preset.replace(name=name, dataset=half), d.budgets, d.sparse, True, parent)
+    return DECLARED[name].preset
 
 # %% ../nbs/05a_presets.ipynb #f3599d23
 LENET_PRUNING = dict(pruning_scope="local", pruning_fraction=0.2, layer_fractions=(("fc.weight", 0.1),))
+_CIGL_END = dict(end_fraction=65_918 / 88_000)  # official end_when: mask updates until step 65,918 of 250 x 352
+_LENET = dict(standard=dict(epochs=20, rounds=12), quick=dict(epochs=3, rounds=10),
+              smoke=dict(epochs=1, rounds=2, max_train_samples=2000, max_test_samples=1000), sparse={"quick": (dict(epochs=10), {})})
 
-_PAPER = [
-    Preset("mnist_lenet", "mnist", "lenet_300_100", "adam", 1e-4, 60, 60, **LENET_PRUNING),
-    Preset("fashion_mnist_lenet", "fashion_mnist", "lenet_300_100", "adam", 1e-4, 60, 60, **LENET_PRUNING),
-    Preset("cifar10_resnet18", "cifar10", "resnet18", "sgd", 0.01, 130, 128, momentum=0.9, weight_decay=1e-4,
-           milestones=(80, 120), pruning_scope="global", rounds=15),
-    Preset("svhn_vgg19", "svhn", "vgg19", "sgd", 0.05, 100, 250, momentum=0.9, weight_decay=1e-4,
-           milestones=(50, 75), pruning_scope="global", rounds=15),
-    Preset("digits_lenet", "digits", "lenet_300_100", "adam", 1e-3, 40, 60, **LENET_PRUNING),
-    Preset("cifar10_resnet50", "cifar10", "resnet50", "sgd", 0.1, 250, 128, momentum=0.9, weight_decay=1e-4, gamma=0.5,
-           pruning_scope="global", rounds=0, nesterov=True, decay_bn_bias=False, warmup_steps=1760, decay_every_steps=20_000,
-           validation_split=0.1, init="official"),
-]
-# The sources of transfer (Fig. 25): a setup on the first half of its dataset's training set, named after it.
-HALF_PRESETS = {"cifar10a_resnet18": ("cifar10_resnet18", "cifar10a"), "mnist_a_lenet": ("mnist_lenet", "mnist_a"),
-                "fashion_mnist_a_lenet": ("fashion_mnist_lenet", "fashion_mnist_a"), "digits_a_lenet": ("digits_lenet", "digits_a")}
-_by_name = {p.name: p for p in _PAPER}
-PRESETS: dict[str, Preset] = {**_by_name, **{n: _by_name[parent].replace(name=n, dataset=half) for n, (parent, half) in HALF_PRESETS.items()}}
+declare(Preset("mnist_lenet", "mnist", "lenet_300_100", "adam", 1e-4, 60, 60, **LENET_PRUNING), **_LENET)
+declare(Preset("fashion_mnist_lenet", "fashion_mnist", "lenet_300_100", "adam", 1e-4, 60, 60, **LENET_PRUNING), **_LENET)
+declare(Preset("cifar10_resnet18", "cifar10", "resnet18", "sgd", 0.01, 130, 128, momentum=0.9, weight_decay=1e-4,
+               milestones=(80, 120), pruning_scope="global", rounds=15),
+        standard={}, quick=dict(epochs=8, rounds=10), smoke=dict(epochs=1, rounds=2, max_train_samples=256, max_test_samples=256))
+declare(Preset("svhn_vgg19", "svhn", "vgg19", "sgd", 0.05, 100, 250, momentum=0.9, weight_decay=1e-4,
+               milestones=(50, 75), pruning_scope="global", rounds=15),
+        standard={}, quick=dict(epochs=6, rounds=10), smoke=dict(epochs=1, rounds=2, max_train_samples=250, max_test_samples=250))
+declare(Preset("digits_lenet", "digits", "lenet_300_100", "adam", 1e-3, 40, 60, **LENET_PRUNING),  # digits is tiny: converged rounds cost seconds
+        standard=dict(rounds=12), quick=dict(epochs=40, rounds=4), smoke=dict(epochs=3, rounds=2),
+        sparse={"quick": (dict(epochs=20), dict(delta_t=20))})
+declare(Preset("cifar10_resnet50", "cifar10", "resnet50", "sgd", 0.1, 250, 128, momentum=0.9, weight_decay=1e-4, gamma=0.5,
+               pruning_scope="global", rounds=0, nesterov=True, decay_bn_bias=False, warmup_steps=1760, decay_every_steps=20_000,
+               validation_split=0.1, init="official"),
+        standard={}, quick=dict(epochs=20), smoke=dict(epochs=1, max_train_samples=256, max_test_samples=256),
+        sparse={"paper": ({}, _CIGL_END), "standard": ({}, _CIGL_END)}, grid=False)
+declare_half("cifar10a_resnet18", "cifar10_resnet18", "cifar10a")  # the sources of transfer (Fig. 25)
+declare_half("mnist_a_lenet", "mnist_lenet", "mnist_a")
+declare_half("fashion_mnist_a_lenet", "fashion_mnist_lenet", "fashion_mnist_a")
+declare_half("digits_a_lenet", "digits_lenet", "digits_a")
 
-BUDGETS: dict[str, dict[str, dict]] = {  # budget -> preset -> the fields it changes (a half: as its parent)
-    "paper": {},
-    "standard": {"mnist_lenet": dict(epochs=20, rounds=12), "fashion_mnist_lenet": dict(epochs=20, rounds=12),
-                 "digits_lenet": dict(rounds=12)},  # the rest: as the paper (no convergence measured here)
-    "quick": {"mnist_lenet": dict(epochs=3, rounds=10), "fashion_mnist_lenet": dict(epochs=3, rounds=10),
-              "cifar10_resnet18": dict(epochs=8, rounds=10), "svhn_vgg19": dict(epochs=6, rounds=10),
-              "digits_lenet": dict(epochs=40, rounds=4),  # digits is tiny: converged rounds cost seconds
-              "cifar10_resnet50": dict(epochs=20)},
-    "smoke": {"mnist_lenet": dict(epochs=1, rounds=2, max_train_samples=2000, max_test_samples=1000),
-              "fashion_mnist_lenet": dict(epochs=1, rounds=2, max_train_samples=2000, max_test_samples=1000),
-              "cifar10_resnet18": dict(epochs=1, rounds=2, max_train_samples=256, max_test_samples=256),
-              "svhn_vgg19": dict(epochs=1, rounds=2, max_train_samples=250, max_test_samples=250),
-              "digits_lenet": dict(epochs=3, rounds=2),
-              "cifar10_resnet50": dict(epochs=1, max_train_samples=256, max_test_samples=256)},
-}
-DEFAULT_BUDGET = "quick"  # of every command and run function: the paper's budget is asked for by name
-
-def _budget_changes(name: str, budget: str) -> dict:
-    parent = HALF_PRESETS.get(name, (name,))[0]
-    return dict(BUDGETS[budget].get(parent, {}))
+# %% ../nbs/05a_presets.ipynb #5a0e000c
+PRESETS: dict[str, Preset] = {n: d.preset for n, d in DECLARED.items()}
+BUDGETS: dict[str, dict[str, dict]] = {b: {n: d.budgets[b] for n, d in DECLARED.items()} for b in BUDGET_NAMES}  # budget -> preset -> changes
 
 def get_preset(name: str, budget: str = "paper", **overrides) -> Preset:
     "The preset `name` at `budget` ('paper', 'standard', 'quick', 'smoke'), with fields overridden by `overrides`."
     if name not in PRESETS: raise LotteryError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    if budget not in BUDGETS: raise LotteryError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
-    base, changes = PRESETS[name], _budget_changes(name, budget)
+    if budget not in BUDGET_NAMES: raise LotteryError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGET_NAMES)}")
+    base, changes = PRESETS[name], dict(DECLARED[name].budgets[budget])
     if "epochs" in changes and base.milestones:  # scale the schedule with the shorter training
         changes["milestones"] = tuple(sorted({max(1, round(m * changes["epochs"] / base.epochs)) for m in base.milestones}))
     return base.replace(**changes).replace(**overrides)
 
 # %% ../nbs/05a_presets.ipynb #5a0e0007
-DATASET_PRESETS: dict[str, str] = {"mnist": "mnist_lenet", "fashion_mnist": "fashion_mnist_lenet", "cifar10": "cifar10_resnet18",
-                                   "svhn": "svhn_vgg19", "digits": "digits_lenet",
-                                   **{PRESETS[n].dataset: n for n in HALF_PRESETS}}
-
-SOURCE_HALVES = tuple(PRESETS[n].dataset for n in HALF_PRESETS)  # the halves whose grids transfer their tickets
+DATASET_PRESETS: dict[str, str] = {d.preset.dataset: n for n, d in DECLARED.items() if d.grid}
+SOURCE_HALVES = tuple(d.preset.dataset for d in DECLARED.values() if d.half_of)  # the halves whose grids transfer their tickets
 
 def transfer_target(dataset: str) -> str | None:
     "Where a grid on `dataset` transfers its tickets: the other half of a source half, else None."
@@ -161,18 +210,7 @@ def preset_for(dataset: str, budget: str = "paper", **overrides) -> Preset:
     if dataset not in DATASET_PRESETS: raise LotteryError(f"unknown dataset {dataset!r}; choose from: {', '.join(DATASET_PRESETS)}")
     return get_preset(DATASET_PRESETS[dataset], budget, **overrides)
 
-_CIGL_END = dict(end_fraction=65_918 / 88_000)  # official end_when: mask updates until step 65,918 of 250 x 352
-
-SPARSE_BUDGETS: dict[str, dict[str, tuple[dict, dict]]] = {  # budget -> preset ('*': any) -> (preset fields, SparseConfig fields)
-    "paper": {"cifar10_resnet50": ({}, _CIGL_END)},
-    "standard": {"cifar10_resnet50": ({}, _CIGL_END)},
-    "quick": {"mnist_lenet": (dict(epochs=10), {}),
-              "fashion_mnist_lenet": (dict(epochs=10), {}), "digits_lenet": (dict(epochs=20), dict(delta_t=20))},
-    "smoke": {"*": ({}, dict(delta_t=5))},
-}
-
 def sparse_budget(preset: str, budget: str) -> tuple[dict, dict]:
     "What `budget` changes in a sparse run of `preset`: (preset fields, `SparseConfig` fields)."
-    table = SPARSE_BUDGETS.get(budget, {})
-    (p1, s1), (p2, s2) = table.get("*", ({}, {})), table.get(preset, ({}, {}))
+    (p1, s1), (p2, s2) = SPARSE_BUDGET_DEFAULTS.get(budget, ({}, {})), DECLARED[preset].sparse.get(budget, ({}, {}))
     return {**p1, **p2}, {**s1, **s2}

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -15,8 +15,8 @@ from .data import LotteryError
 from .models import prunable_parameters, pruning_exclusions
 
 # %% auto #0
-__all__ = ['Mask', 'full_mask', 'RoundMethod', 'MaskedTraining', 'prune', 'sparsity_report', 'remaining_percent', 'reinitialize',
-           'rewind']
+__all__ = ['Mask', 'PRUNING_CRITERIA', 'full_mask', 'RoundMethod', 'MaskedTraining', 'pruning_criterion', 'magnitude_scores',
+           'random_scores', 'prune', 'sparsity_report', 'remaining_percent', 'reinitialize', 'rewind']
 
 # %% ../nbs/04_pruning.ipynb #dc5b2f0d
 Mask = dict[str, torch.Tensor]
@@ -83,6 +83,27 @@ class MaskedTraining(RoundMethod):
     def __enter__(self): return self
     def __exit__(self, *exc): self.remove()
 
+# %% ../nbs/04_pruning.ipynb #7f6b50d1
+PRUNING_CRITERIA: dict[str, Callable] = {}
+
+def pruning_criterion(name: str):
+    "Declare the decorated function `(weight, generator) -> scores` as the pruning criterion `name` (lowest scores pruned first)."
+    def register(fn):
+        if name in PRUNING_CRITERIA: raise LotteryError(f"pruning criterion {name!r} is declared twice")
+        PRUNING_CRITERIA[name] = fn
+        return fn
+    return register
+
+@pruning_criterion("magnitude")
+def magnitude_scores(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    "|w|: the paper's criterion."
+    return weight.detach().abs()
+
+@pruning_criterion("random")
+def random_scores(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    "A random order (uniform scores from `generator`): the control of a criterion."
+    return torch.rand(weight.shape, generator=generator)
+
 # %% ../nbs/04_pruning.ipynb #50bf45e2
 def _check_fraction(name: str, q: float):
     if not 0 < q < 1: raise LotteryError(f"{name} must be in (0, 1), got {q!r}")
@@ -100,10 +121,12 @@ def _prune_smallest(scores: torch.Tensor, alive: torch.Tensor, n: int) -> torch.
     return keep
 
 @torch.no_grad()
-def prune(model: nn.Module, mask: Mask, fraction: float, scope: str = "local",
-          layer_fractions: dict[str, float] | None = None, exclude: Iterable[str] = ()) -> Mask:
-    "A new mask with `fraction` of the surviving weights of smallest magnitude removed ('local' or 'global')."
+def prune(model: nn.Module, mask: Mask, fraction: float, scope: str = "local", layer_fractions: dict[str, float] | None = None,
+          exclude: Iterable[str] = (), criterion: str = "magnitude", generator: torch.Generator | None = None) -> Mask:
+    "A new mask with `fraction` of the surviving weights removed, those the `criterion` scores lowest ('local' or 'global')."
     _check_fraction("fraction", fraction)
+    if criterion not in PRUNING_CRITERIA: raise LotteryError(f"unknown pruning criterion {criterion!r}; choose one of: {', '.join(PRUNING_CRITERIA)}")
+    score = lambda n: PRUNING_CRITERIA[criterion](params[n], generator).flatten().cpu()
     layer_fractions = dict(layer_fractions or {})
     for n, q in layer_fractions.items(): _check_fraction(f"layer fraction of {n}", q)
     params, exclude = dict(model.named_parameters()), set(exclude)
@@ -115,11 +138,11 @@ def prune(model: nn.Module, mask: Mask, fraction: float, scope: str = "local",
         for n in names:
             alive = mask[n].flatten()
             k = round(layer_fractions.get(n, fraction) * int(alive.sum()))
-            new[n] = _prune_smallest(params[n].detach().abs().flatten().cpu(), alive.cpu(), k).view_as(mask[n]).to(mask[n].device)
+            new[n] = _prune_smallest(score(n), alive.cpu(), k).view_as(mask[n]).to(mask[n].device)
     elif scope == "global":
         if layer_fractions: raise LotteryError("layer_fractions apply to local pruning only")
         alive = torch.cat([mask[n].flatten().cpu() for n in names])
-        scores = torch.cat([params[n].detach().abs().flatten().cpu() for n in names])
+        scores = torch.cat([score(n) for n in names])
         keep = _prune_smallest(scores, alive, round(fraction * int(alive.sum())))
         for n, part in zip(names, keep.split([mask[n].numel() for n in names])):
             new[n] = part.view_as(mask[n]).to(mask[n].device)

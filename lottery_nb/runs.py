@@ -192,13 +192,18 @@ class RunDir:
         if old is None:
             self.path.mkdir(parents=True, exist_ok=True)
             if not rebuilt and any(p.name != LOCK_FILE for p in self.path.iterdir()): raise RunDirError(f"{self.path} is not empty but has no config.json: it is not a run directory of this configuration. Choose another output folder.")
-            save_json({"key": cfg.key, "config": cfg.to_dict(), "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       **({"rebuilt": True} if rebuilt else {})}, self.path / "config.json")
+            save_json({"key": cfg.key, "config": cfg.to_dict(), "resolved": cfg.resolved(), "versions": versions(),
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **({"rebuilt": True} if rebuilt else {})}, self.path / "config.json")
             return
         if old.get("config") != json.loads(json.dumps(cfg.to_dict())):
             diff = _diff(old.get("config", {}), json.loads(json.dumps(cfg.to_dict())))
             raise RunDirError(f"{self.path} holds a run of a different configuration (differs in: {diff}); nothing was changed. "
                               f"Choose another output folder, or move that one away.")
+        if "resolved" in old and old["resolved"] != json.loads(json.dumps(cfg.resolved())):
+            diff = _diff(old["resolved"], json.loads(json.dumps(cfg.resolved())))
+            raise RunDirError(f"{self.path} was made with other defaults than this code's ({diff}); nothing was changed. To resume it, use "
+                              f"the lottery_nb that made it (its config.json says which); to train with this code's values, give them "
+                              f"explicitly (--set strategy.NAME=VALUE), which names a folder of their own.")
 
     @contextmanager
     def lock(self):

@@ -14,7 +14,7 @@ from torch import nn
 from .data import LotteryError
 from .lottery import LotteryConfig
 from .models import prunable_parameters
-from .presets import DEFAULT_BUDGET, Preset, get_preset, sparse_budget
+from .presets import DEFAULT_BUDGET, Preset, for_method, get_preset, identity, later, sparse_budget
 from .pruning import Mask, MaskedTraining, RoundMethod
 from .runs import Run, RunContext, RunDir
 
@@ -210,18 +210,15 @@ class SparseConfig(LotteryConfig):
     delta_t: int = 100            # steps between mask updates
     drop_fraction: float = 0.3    # alpha: fraction of active weights dropped (and grown) at the first update, cosine decay
     end_fraction: float = 0.75    # no mask updates after this fraction of training
-    dpnum: int = 100              # CigL: each active weight is dropped at random with probability 1/dpnum per step
-    swa_start: float = 0.8        # CigL: average the weights of the epochs after this fraction of training
+    dpnum: int = for_method(100, "cigl")     # CigL: each active weight is dropped at random with probability 1/dpnum per step
+    swa_start: float = for_method(0.8, "cigl")  # CigL: average the weights of the epochs after this fraction of training
     warmup_epochs: int = 0        # linear learning-rate warm-up over epochs before the preset's epoch milestones (CigL's ResNet-50 warms up by steps: its preset's warmup_steps)
-    layer_counts: str = "bernoulli"  # initial mask: each weight active with probability density ('bernoulli', the official code) or 'exact' (round(density · n) per layer)
-    ties: str = "exact"           # drop and grow exactly k weights per layer ('exact'), or by the official code's sorts, whose ties can shrink a layer ('official')
+    layer_counts: str = later("bernoulli", omit="exact")  # initial mask: each weight active with probability density ('bernoulli', the official code) or 'exact' (round(density · n) per layer)
+    ties: str = later("exact")    # drop and grow exactly k weights per layer ('exact'), or by the official code's sorts, whose ties can shrink a layer ('official')
 
     def to_dict(self) -> dict:
-        keys = ("method", "sparsity", "distribution", "delta_t", "drop_fraction", "end_fraction", "warmup_epochs")
-        keys += ("dpnum", "swa_start") if self.method == "cigl" else ()
-        keys += ("layer_counts",) if self.layer_counts != "exact" else ()  # hashed only where not 'exact', the first runs' draw
-        keys += ("ties",) if self.ties != "exact" else ()
-        return {**super().to_dict(), "sparse": {k: getattr(self, k) for k in keys}}
+        "The lottery configuration's, and the identity of the sparse-training fields (`presets.identity`)."
+        return {**super().to_dict(), "sparse": identity(self, SPARSE_FIELDS)}
 
     @property
     def run_name(self) -> str: return f"{self.preset.name}-{self.method}-sparsity{self.sparsity:g}-seed{self.seed}-{self.key}"
@@ -249,7 +246,7 @@ class SparseConfig(LotteryConfig):
 SPARSE_FIELDS = tuple(f for f in SparseConfig.__dataclass_fields__ if f not in LotteryConfig.__dataclass_fields__)
 
 def sparse_config(preset: str, method: str, sparsity: float, seed: int = 0, budget: str = DEFAULT_BUDGET, **overrides) -> SparseConfig:
-    "The configuration of a sparse run at `budget` (see `presets.SPARSE_BUDGETS`); `overrides` may name preset fields or `SparseConfig` fields."
+    "The configuration of a sparse run at `budget` (what the preset declares for its sparse runs there); `overrides` may name preset fields or `SparseConfig` fields."
     p_over, s_over = sparse_budget(preset, budget)
     s_over = {**s_over, **{k: v for k, v in overrides.items() if k in SPARSE_FIELDS}}
     p = get_preset(preset, budget, **{**p_over, **{k: v for k, v in overrides.items() if k not in SPARSE_FIELDS}})

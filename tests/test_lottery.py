@@ -215,22 +215,24 @@ def test_channels_last_rounds_give_the_same_tickets(tiny_cifar10, tmp_path):
     assert sum(int((ma[k] != mb[k]).sum()) for k in ma) < 1e-5 * sum(m.numel() for m in ma.values())
 
 
-def test_a_changed_strategy_default_gets_a_new_folder_and_leaves_the_old_one(tmp_path, monkeypatch):
-    "Defaults are hashed where they differ from the first runs': changing LWCC's form or the stochastic strategies' dropout in code never reuses a folder made with the old value."
+def test_a_changed_strategy_default_never_resumes_a_folder_made_with_the_old_one(tmp_path, monkeypatch):
+    "A default is recorded beside the name (config.json's `resolved`): changing LWCC's form or the stochastic strategies' dropout in code stops the old folder from resuming, and leaves it untouched; the new value given explicitly gets a folder of its own."
     import lottery_nb.calibration as calibration
+    from lottery_nb.runs import RunDirError
     old = run_lottery("digits_lenet", "lwcc", rounds=0, out_dir=tmp_path, **SMOKE)
     files = {p: p.read_bytes() for p in old.path.rglob("*") if p.is_file() and p.name != ".lock"}
     assert json.loads((old.path / "config.json").read_text())["config"]["strategy_hparams"] == {}  # as the first runs
+    assert json.loads((old.path / "config.json").read_text())["resolved"] == {"strategy_hparams": {"form": "convex"}, "model_dropout": 0.0}
     monkeypatch.setitem(calibration.DATASET_DEFAULTS, "lwcc", {"digits": {"form": "additive"}})  # a default changed in code
-    new = run_lottery("digits_lenet", "lwcc", rounds=0, out_dir=tmp_path, **SMOKE)
-    assert new.path != old.path and new.config()["strategy_hparams"] == {"form": "additive"}
+    with pytest.raises(RunDirError, match="form"): run_lottery("digits_lenet", "lwcc", rounds=1, out_dir=tmp_path, **SMOKE)
     assert {p: p.read_bytes() for p in files} == files  # the old folder untouched
+    new = run_lottery("digits_lenet", "lwcc", rounds=0, out_dir=tmp_path, strategy_hparams={"form": "additive"}, **SMOKE)
+    assert new.path != old.path and new.config()["strategy_hparams"] == {"form": "additive"}
     assert LotteryConfig.from_dict(new.config()).key == new.path.name.rsplit("-", 1)[1]  # the folder's configuration rebuilds its name
-    cfg = LotteryConfig(get_preset("digits_lenet", "smoke"), "vwcc")
-    before = cfg.key
+    vwcc = run_lottery("digits_lenet", "vwcc", rounds=0, out_dir=tmp_path, **SMOKE)
     monkeypatch.setattr(calibration, "DEFAULT_DROPOUT", 0.5)
-    assert cfg.key != before and cfg.to_dict()["model_dropout"] == 0.5
-    assert LotteryConfig(get_preset("digits_lenet", "smoke", dropout=0.3), "vwcc").to_dict().get("model_dropout") is None  # the preset's own dropout is hashed already
+    with pytest.raises(RunDirError, match="model_dropout"): run_lottery("digits_lenet", "vwcc", rounds=0, out_dir=tmp_path, **SMOKE)
+    assert LotteryConfig(get_preset("digits_lenet", "smoke", dropout=0.3), "vwcc").resolved()["model_dropout"] == 0.3  # the preset's own dropout
 
 
 def test_the_controls_change_one_ingredient_each(tmp_path):

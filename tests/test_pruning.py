@@ -126,3 +126,20 @@ def test_rewinding():
     assert torch.equal(a, m.fc1.weight) and not torch.equal(a[mask["fc1.weight"]], init["fc1.weight"][mask["fc1.weight"]])
     assert (a[~mask["fc1.weight"]] == 0).all()
     with pytest.raises(ValueError): rewind(m, mask)
+
+
+def test_a_pruning_criterion_is_a_declared_choice_of_the_preset(tmp_path):
+    "A lottery run with the random criterion: a folder of its own, as many weights pruned per layer as by magnitude, other ones, the same on a rerun."
+    from lottery_nb.lottery import run_lottery
+    from lottery_nb.pruning import PRUNING_CRITERIA, pruning_criterion
+    from lottery_nb.runs import RunContext
+    kw = dict(rounds=1, budget="smoke", ctx=RunContext(progress=False))
+    mag = run_lottery("digits_lenet", "none", out_dir=tmp_path / "a", **kw)
+    rnd = run_lottery("digits_lenet", "none", out_dir=tmp_path / "a", pruning_criterion="random", **kw)
+    again = run_lottery("digits_lenet", "none", out_dir=tmp_path / "b", pruning_criterion="random", **kw)
+    assert mag.path.name != rnd.path.name == again.path.name and set(PRUNING_CRITERIA) >= {"magnitude", "random"}
+    m, r, r2 = (torch.load(x.round_dir(1) / "mask.pt") for x in (mag, rnd, again))
+    for n in m:
+        assert int(m[n].sum()) == int(r[n].sum()) and not torch.equal(m[n], r[n]) and torch.equal(r[n], r2[n])
+    with pytest.raises(ValueError, match="pruning_criterion"): run_lottery("digits_lenet", "none", out_dir=tmp_path, pruning_criterion="taylor", **kw)
+    with pytest.raises(ValueError, match="declared twice"): pruning_criterion("random")(lambda w, g: w)
