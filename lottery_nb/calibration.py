@@ -170,6 +170,9 @@ class Strategy:
     stochastic: ClassVar[bool] = False  # needs T stochastic (dropout) passes
     controls: ClassVar[tuple[str, ...]] = ()  # a control: the strategies whose effect it separates from something else
     preset_changes: ClassVar[dict] = {}  # preset fields a run of this strategy needs (a control's re-initialisation)
+    label: ClassVar[str] = ""  # its name in figures and tables (every strategy declares one)
+    color: ClassVar[str] = ""  # its colour in figures, a matplotlib colour (every strategy declares one)
+    linestyle: ClassVar[str] = "-"  # its line in figures
     _checked: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self): self.validate()
@@ -208,12 +211,12 @@ def _check_nonneg(name: str, v: float):
 @dataclass(repr=False)
 class NoCalibration(Strategy):
     "Plain cross-entropy: the baseline lottery ticket."
-    name: ClassVar[str] = "none"
+    name: ClassVar[str] = "none"; label: ClassVar[str] = "LTH (no calibration)"; color: ClassVar[str] = "black"
 
 @dataclass(repr=False)
 class VWCC(Strategy):
     "Variance-weighted confidence calibration over T dropout passes (Seo et al. 2019)."
-    name: ClassVar[str] = "vwcc"
+    name: ClassVar[str] = "vwcc"; label: ClassVar[str] = "VWCC"; color: ClassVar[str] = "#1f77b4"
     stochastic: ClassVar[bool] = True
     T: int = 5  # stochastic passes (Seo et al.'s value; the paper's was lost)
     def validate(self): _check_T(self.T)
@@ -222,7 +225,7 @@ class VWCC(Strategy):
 @dataclass(repr=False)
 class Mixup(Strategy):
     "Cross-entropy on mixed inputs and targets (Zhang et al. 2018)."
-    name: ClassVar[str] = "mixup"
+    name: ClassVar[str] = "mixup"; label: ClassVar[str] = "Mixup"; color: ClassVar[str] = "#ff7f0e"
     alpha: float = 0.3  # Beta(alpha, alpha) mixing; the paper's value was lost, 0.2-0.4 calibrate best
     def validate(self):
         if not self.alpha > 0: raise LotteryError(f"mixup alpha must be > 0, got {self.alpha!r}")
@@ -234,7 +237,7 @@ class Mixup(Strategy):
 @dataclass(repr=False)
 class MDA(Strategy):
     "Cross-entropy plus KL(uniform ‖ batch-mean prediction)."
-    name: ClassVar[str] = "mda"
+    name: ClassVar[str] = "mda"; label: ClassVar[str] = "MDA"; color: ClassVar[str] = "#2ca02c"
     weight: float = 1.0  # lambda: 1.0 for CIFAR-10, SVHN, Fashion-MNIST; 0.5 for MNIST (both lost: choice)
     def validate(self): _check_nonneg("MDA weight", self.weight)
     def loss(self, model, x, y):
@@ -244,7 +247,7 @@ class MDA(Strategy):
 @dataclass(repr=False)
 class LWCC(Strategy):
     "Likelihood-weighted confidence calibration (the paper's proposal)."
-    name: ClassVar[str] = "lwcc"
+    name: ClassVar[str] = "lwcc"; label: ClassVar[str] = "LWCC"; color: ClassVar[str] = "#d62728"
     form: str = "convex"  # 'convex': (1-w) CE + w KL(U||p), our reading of eq. 5; 'additive': CE + w KL(U||p)
     def validate(self): _check_form(self.form)
     def loss(self, model, x, y): return lwcc_loss(model(x), y, self.form)
@@ -252,7 +255,7 @@ class LWCC(Strategy):
 @dataclass(repr=False)
 class LWCCSI(Strategy):
     "LWCC on the mean softmax of T dropout passes."
-    name: ClassVar[str] = "lwcc_si"
+    name: ClassVar[str] = "lwcc_si"; label: ClassVar[str] = "LWCC-SI"; color: ClassVar[str] = "#9467bd"
     stochastic: ClassVar[bool] = True
     T: int = 5  # stochastic passes (as VWCC)
     form: str = "convex"  # as for LWCC
@@ -262,7 +265,7 @@ class LWCCSI(Strategy):
 @dataclass(repr=False)
 class NBA(Strategy):
     "Cross-entropy plus a U-weighted soft histogram of confidences (the paper's proposal)."
-    name: ClassVar[str] = "nba"
+    name: ClassVar[str] = "nba"; label: ClassVar[str] = "NBA"; color: ClassVar[str] = "#8c564b"
     weight: float = 0.1       # lambda (lost: choice; 0.5 made LeNet on digits underconfident)
     n_bins: int = 15          # M bins of [0, 1] (as ECE)
     bandwidth: float | None = None  # Gaussian kernel sigma; None = half a bin width
@@ -278,7 +281,7 @@ class NBA(Strategy):
 @dataclass(repr=False)
 class Dropout(Strategy):
     "Plain cross-entropy with dropout in the model: the control of the stochastic strategies."
-    name: ClassVar[str] = "dropout"
+    name: ClassVar[str] = "dropout"; label: ClassVar[str] = "LTH + dropout (control)"; color: ClassVar[str] = "0.35"; linestyle: ClassVar[str] = "-."
     controls: ClassVar[tuple[str, ...]] = ("vwcc", "lwcc_si")
     @property
     def dropout(self) -> float: return DEFAULT_DROPOUT
@@ -286,21 +289,21 @@ class Dropout(Strategy):
 @dataclass(repr=False)
 class LWCCAdditive(LWCC):
     "LWCC in its additive reading, CE + w KL(U||p): the control of the convex reading."
-    name: ClassVar[str] = "lwcc_add"
+    name: ClassVar[str] = "lwcc_add"; label: ClassVar[str] = "LWCC, additive (control)"; linestyle: ClassVar[str] = "--"
     controls: ClassVar[tuple[str, ...]] = ("lwcc",)
     form: str = "additive"  # as LWCC's
 
 @dataclass(repr=False)
 class LWCCSIAdditive(LWCCSI):
     "LWCC-SI in its additive reading: the control of the convex reading."
-    name: ClassVar[str] = "lwcc_si_add"
+    name: ClassVar[str] = "lwcc_si_add"; label: ClassVar[str] = "LWCC-SI, additive (control)"; linestyle: ClassVar[str] = "--"
     controls: ClassVar[tuple[str, ...]] = ("lwcc_si",)
     form: str = "additive"  # as LWCC-SI's
 
 @dataclass(repr=False)
 class RandomReinit(Strategy):
     "Plain cross-entropy, each pruned round from a fresh random initialisation: the control of rewinding."
-    name: ClassVar[str] = "reinit"
+    name: ClassVar[str] = "reinit"; label: ClassVar[str] = "LTH, random re-init (control)"; color: ClassVar[str] = "#bcbd22"; linestyle: ClassVar[str] = ":"
     controls: ClassVar[tuple[str, ...]] = ("none",)
     preset_changes: ClassVar[dict] = {"rewind": "random"}
 
@@ -310,6 +313,8 @@ CONTROLS = ("dropout", "lwcc_add", "lwcc_si_add", "reinit")                   # 
 STRATEGIES: dict[str, type[Strategy]] = {c.name: c for c in (NoCalibration, VWCC, Mixup, MDA, LWCC, LWCCSI, NBA,
                                                              Dropout, LWCCAdditive, LWCCSIAdditive, RandomReinit)}
 assert tuple(STRATEGIES) == PAPER_STRATEGIES + CONTROLS and all(bool(STRATEGIES[c].controls) == (c in CONTROLS) for c in STRATEGIES)
+_unstyled = [n for n, c in STRATEGIES.items() if not (c.label and c.color)]
+if _unstyled: raise LotteryError(f"strategies without a label or colour for the figures: {_unstyled}; declare both on the class")
 
 # hyper-parameters that differ by dataset (the paper's MDA weight on MNIST); halves share their parent's
 DATASET_DEFAULTS: dict[str, dict[str, dict]] = {"mda": {"mnist": {"weight": 0.5}}}

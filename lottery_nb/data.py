@@ -18,8 +18,8 @@ from torchvision import transforms as T
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'DATASETS', 'data_root', 'LotteryError', 'DatasetNotFoundError', 'DatasetSpec', 'register_dataset',
-           'get_spec', 'Digits', 'half_split', 'register_halves', 'parent_dataset', 'get_dataset', 'to_device_async',
-           'InMemoryDataset', 'random_crop', 'random_flip', 'load_in_memory', 'BatchLoader']
+           'get_spec', 'dataset_label', 'Digits', 'half_split', 'register_halves', 'parent_dataset', 'get_dataset',
+           'to_device_async', 'InMemoryDataset', 'random_crop', 'random_flip', 'load_in_memory', 'BatchLoader']
 
 # %% ../nbs/00_data.ipynb #731cf94d
 DATA_ENV = "LOTTERY_NB_DATA"
@@ -60,6 +60,9 @@ class DatasetSpec:
     hint: str = ""  # extra advice when the files are missing
     parent: str | None = None  # for a half of a training set (see below): the dataset it is half of
     other_half: str | None = None  # for a half: the other half
+    label: str = ""  # its name in figures and tables (default: the registry name)
+    figure: str | None = None  # the paper's calibration figure it appears in (figures chapter), or None: a figure of its own
+    panel: int = 0  # its row in that figure
 
 DATASETS: dict[str, DatasetSpec] = {}
 
@@ -72,6 +75,10 @@ def get_spec(name: str) -> DatasetSpec:
     "The `DatasetSpec` registered as `name`; an unknown name lists the valid ones."
     try: return DATASETS[name]
     except KeyError: raise LotteryError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}") from None
+
+def dataset_label(name: str) -> str:
+    "The name of dataset `name` in figures and tables (its `label`, else the registry name)."
+    return get_spec(name).label or name
 
 # %% ../nbs/00_data.ipynb #fb457c00
 class Digits(Dataset):
@@ -103,13 +110,16 @@ def _tv(cls, **fixed):
 def _svhn(root, train, download, transform=None):
     return torchvision.datasets.SVHN(root=str(root), split="train" if train else "test", download=download, transform=transform)
 
-register_dataset(DatasetSpec("mnist", _tv(torchvision.datasets.MNIST), 10, (1, 28, 28), (0.1307,), (0.3081,)))
+register_dataset(DatasetSpec("mnist", _tv(torchvision.datasets.MNIST), 10, (1, 28, 28), (0.1307,), (0.3081,), label="MNIST",
+                             figure="fig12_calibration_mnist", panel=1))
 register_dataset(DatasetSpec("fashion_mnist", _tv(torchvision.datasets.FashionMNIST), 10, (1, 28, 28), (0.2860,), (0.3530,),
-                             hint="On Debian or Ubuntu, `apt-get install dataset-fashion-mnist` installs the original files."))
-register_dataset(DatasetSpec("cifar10", _tv(torchvision.datasets.CIFAR10), 10, (3, 32, 32),
-                             (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment="crop_flip"))
-register_dataset(DatasetSpec("svhn", _svhn, 10, (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), augment="crop"))
-register_dataset(DatasetSpec("digits", _tv(Digits), 10, (1, 8, 8), (0.3052,), (0.3760,), max_value=16.0));
+                             hint="On Debian or Ubuntu, `apt-get install dataset-fashion-mnist` installs the original files.",
+                             label="Fashion-MNIST", figure="fig12_calibration_mnist", panel=0))
+register_dataset(DatasetSpec("cifar10", _tv(torchvision.datasets.CIFAR10), 10, (3, 32, 32), (0.4914, 0.4822, 0.4465),
+                             (0.2470, 0.2435, 0.2616), augment="crop_flip", label="CIFAR-10", figure="fig16_calibration_cifar10"))
+register_dataset(DatasetSpec("svhn", _svhn, 10, (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), augment="crop",
+                             label="SVHN", figure="fig20_calibration_svhn"))
+register_dataset(DatasetSpec("digits", _tv(Digits), 10, (1, 8, 8), (0.3052,), (0.3760,), max_value=16.0, label="digits"));
 
 # %% ../nbs/00_data.ipynb #6594ca9a
 def half_split(targets, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +146,9 @@ def register_halves(parent: str, names: tuple[str, str]):
     "Register the two halves of `parent`'s training set (see `half_split`) under `names`."
     p = get_spec(parent)
     for which, n in enumerate(names):
-        register_dataset(DatasetSpec(n, _half_builder(p, which), p.num_classes, p.input_shape, p.mean, p.std,
-                                     p.augment, p.max_value, p.hint, parent=parent, other_half=names[1 - which]))
+        register_dataset(DatasetSpec(n, _half_builder(p, which), p.num_classes, p.input_shape, p.mean, p.std, p.augment, p.max_value,
+                                     p.hint, parent=parent, other_half=names[1 - which],
+                                     label=f"{p.label or p.name}{'-' if n.endswith(('_a', '_b')) else ''}{'ab'[which]}"))  # MNIST-a, CIFAR-10a
 
 def parent_dataset(name: str) -> str:
     "The dataset that `name` is a half of, or `name` itself: what a half shares with its parent (defaults, presets)."

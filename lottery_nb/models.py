@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -15,7 +16,7 @@ from .data import LotteryError
 
 # %% auto #0
 __all__ = ['VGG19_STAGES', 'MODELS', 'DEFAULT_INPUT_SHAPE', 'INITS', 'Dropout', 'LeNet300100', 'BasicBlock', 'CifarResNet',
-           'ResNet18', 'Bottleneck', 'ResNet50', 'VGG19', 'get_model', 'count_parameters', 'official_init',
+           'ResNet18', 'Bottleneck', 'ResNet50', 'VGG19', 'ModelSpec', 'get_model', 'count_parameters', 'official_init',
            'prunable_parameters', 'pruning_exclusions']
 
 # %% ../nbs/01_models.ipynb #89b91070
@@ -150,20 +151,27 @@ class VGG19(nn.Module):
     pruning_exclusions: tuple[str, ...] = ("fc.weight",)
 
 # %% ../nbs/01_models.ipynb #08e511ba
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "lenet_300_100": lambda num_classes, input_shape, dropout: LeNet300100(num_classes, math.prod(input_shape), dropout),
-    "resnet18": lambda num_classes, input_shape, dropout: ResNet18(num_classes, input_shape[0], dropout),
-    "vgg19": lambda num_classes, input_shape, dropout: VGG19(num_classes, input_shape[0], dropout),
-    "resnet50": lambda num_classes, input_shape, dropout: ResNet50(num_classes, input_shape[0], dropout),
+@dataclass(frozen=True)
+class ModelSpec:
+    "A model of the registry: how to build it, the images it expects by default, its name in figures."
+    build: Callable[..., nn.Module]  # (num_classes, input_shape, dropout) -> model
+    input_shape: tuple[int, int, int]  # (channels, height, width) when none is given
+    label: str  # e.g. "LeNet-300-100"
+
+MODELS: dict[str, ModelSpec] = {
+    "lenet_300_100": ModelSpec(lambda k, shape, p: LeNet300100(k, math.prod(shape), p), (1, 28, 28), "LeNet-300-100"),
+    "resnet18": ModelSpec(lambda k, shape, p: ResNet18(k, shape[0], p), (3, 32, 32), "ResNet-18"),
+    "vgg19": ModelSpec(lambda k, shape, p: VGG19(k, shape[0], p), (3, 32, 32), "VGG-19"),
+    "resnet50": ModelSpec(lambda k, shape, p: ResNet50(k, shape[0], p), (3, 32, 32), "ResNet-50"),
 }
-DEFAULT_INPUT_SHAPE = {"lenet_300_100": (1, 28, 28), "resnet18": (3, 32, 32), "vgg19": (3, 32, 32), "resnet50": (3, 32, 32)}
+DEFAULT_INPUT_SHAPE = {n: m.input_shape for n, m in MODELS.items()}
 
 def get_model(name: str, num_classes: int = 10, dropout: float = 0.0, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     "The model `name` (see `MODELS`) for images of `input_shape` and `num_classes` labels."
     if name not in MODELS: raise LotteryError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
     if not 0.0 <= dropout < 1.0: raise LotteryError(f"dropout must be in [0, 1), got {dropout}")
     if num_classes < 2: raise LotteryError(f"num_classes must be at least 2, got {num_classes}")
-    return MODELS[name](num_classes, tuple(input_shape or DEFAULT_INPUT_SHAPE[name]), dropout)
+    return MODELS[name].build(num_classes, tuple(input_shape or MODELS[name].input_shape), dropout)
 
 def count_parameters(model: nn.Module) -> int:
     "Number of trainable parameters."

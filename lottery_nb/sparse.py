@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -19,8 +19,8 @@ from .pruning import Mask, MaskedTraining, RoundMethod
 from .runs import Run, RunContext, RunDir
 
 # %% auto #0
-__all__ = ['LAYER_COUNTS', 'TIES', 'SPARSE_FIELDS', 'layer_densities', 'random_mask', 'RigL', 'CigL', 'SparseConfig',
-           'sparse_config', 'warmup_step_scheduler', 'SparseRun', 'run_sparse']
+__all__ = ['LAYER_COUNTS', 'TIES', 'SPARSE_METHODS', 'SPARSE_FIELDS', 'layer_densities', 'random_mask', 'RigL', 'CigL',
+           'SparseConfig', 'sparse_config', 'warmup_step_scheduler', 'SparseRun', 'run_sparse']
 
 # %% ../nbs/08_sparse_training.ipynb #f1ee135b
 def layer_densities(shapes: dict[str, tuple], sparsity: float, distribution: str = "erk", dense=()) -> dict[str, float]:
@@ -59,6 +59,7 @@ def random_mask(params: dict[str, torch.Tensor], densities: dict[str, float], ge
 # %% ../nbs/08_sparse_training.ipynb #8a10b4a9
 class RigL(MaskedTraining):
     "Dynamic sparse training: the mask is kept like `MaskedTraining` and updated every `delta_t` steps (drop by magnitude, grow by gradient) instead of that step's update."
+    name, label, color = "rigl", "RigL", "#17becf"  # its name in configurations, and in figures
     def __init__(self, model: nn.Module, mask: Mask, delta_t: int = 100, drop_fraction: float = 0.3, end_fraction: float = 0.75,
                  ties: str = "exact"):
         if ties not in TIES: raise LotteryError(f"unknown ties {ties!r}; choose one of: {', '.join(TIES)}")
@@ -144,6 +145,7 @@ class RigL(MaskedTraining):
 # %% ../nbs/08_sparse_training.ipynb #74a1ee52
 class CigL(RigL):
     "RigL plus a random mask redrawn at every step (each active weight dropped with probability 1/dpnum) and weight averaging, as in CigL's official code."
+    name, label, color = "cigl", "CigL", "#e377c2"
     def __init__(self, model: nn.Module, mask: Mask, delta_t: int = 100, drop_fraction: float = 0.3, end_fraction: float = 0.75,
                  dpnum: int = 100, swa_start: float = 0.8, ties: str = "exact"):
         super().__init__(model, mask, delta_t, drop_fraction, end_fraction, ties)
@@ -227,7 +229,7 @@ class SparseConfig(LotteryConfig):
 
     def validate(self):
         "Refuse impossible values with a `LotteryError` that says what is valid."
-        if self.method not in ("rigl", "cigl"): raise LotteryError(f"unknown sparse method {self.method!r}; choose 'rigl' or 'cigl'")
+        if self.method not in SPARSE_METHODS: raise LotteryError(f"unknown sparse method {self.method!r}; choose one of: {', '.join(SPARSE_METHODS)}")
         if not 0 < self.sparsity < 1: raise LotteryError(f"sparsity must be in (0, 1), got {self.sparsity!r}")
         if self.distribution not in ("erk", "uniform"): raise LotteryError(f"unknown distribution {self.distribution!r}; choose 'erk' or 'uniform'")
         if self.layer_counts not in LAYER_COUNTS: raise LotteryError(f"unknown layer_counts {self.layer_counts!r}; choose 'exact' or 'bernoulli'")
@@ -238,9 +240,12 @@ class SparseConfig(LotteryConfig):
 
     def make_method(self):
         "A factory (model, mask) -> the RigL or CigL object that keeps and updates the mask."
-        kw = dict(delta_t=self.delta_t, drop_fraction=self.drop_fraction, end_fraction=self.end_fraction, ties=self.ties)
-        if self.method == "rigl": return lambda model, mask: RigL(model, mask, **kw)
-        return lambda model, mask: CigL(model, mask, **kw, dpnum=self.dpnum, swa_start=self.swa_start)
+        own = [f.name for f in fields(self) if f.metadata.get("identity_method") == self.method]  # e.g. CigL's dpnum and swa_start
+        kw = dict(delta_t=self.delta_t, drop_fraction=self.drop_fraction, end_fraction=self.end_fraction, ties=self.ties, **{k: getattr(self, k) for k in own})
+        return lambda model, mask: SPARSE_METHODS[self.method](model, mask, **kw)
+
+# %% ../nbs/08_sparse_training.ipynb #5e586246
+SPARSE_METHODS: dict[str, type[RigL]] = {c.name: c for c in (RigL, CigL)}  # by the name a configuration gives
 
 # %% ../nbs/08_sparse_training.ipynb #041b463e
 SPARSE_FIELDS = tuple(f for f in SparseConfig.__dataclass_fields__ if f not in LotteryConfig.__dataclass_fields__)

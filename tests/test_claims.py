@@ -9,7 +9,7 @@ from scipy import stats
 from lottery_nb.claims import (CLAIMS, CONTROL_CLAIMS, MARGINS, Claim, claim_verdict, claims_table, endpoints, holm, judge,
                                one_sample, paired_differences, verdict, verdict_of)
 from lottery_nb.data import LotteryError
-from lottery_nb.figures import synthetic_results
+from lottery_nb.tables import synthetic_results
 
 
 def table(effects: dict, seeds=5, rounds=12, pair_sd=0.0005, trend: dict | None = None, rng_seed=0, metric="accuracy") -> pd.DataFrame:

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lottery_nb.figures import synthetic_results, with_temperature_scaled
+from lottery_nb.tables import synthetic_results, with_temperature_scaled
 
 
 def test_temperature_scaled_lth_rows():
@@ -22,7 +22,7 @@ def test_reliability_and_convergence_tools_on_smoke_runs(tmp_path):
     "The two tools that write the results page's CSVs, on digits smoke runs: bins add up to the test set, histories are read back."
     import subprocess, sys
     from pathlib import Path
-    from lottery_nb.figures import bins_from_rows
+    from lottery_nb.tables import bins_from_rows
     from lottery_nb.lottery import run_lottery
     from lottery_nb.runs import RunContext
     tools = Path(__file__).resolve().parents[1] / "tools"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import as_in_a_terminal, background_cli, cli, wait_until
-from lottery_nb.figures import checks_markdown, run_checks
+from lottery_nb.tables import checks_markdown, run_checks
 from lottery_nb.lottery import run_lottery
 from lottery_nb.presets import get_preset
 from lottery_nb.runs import RunContext
@@ -125,7 +125,7 @@ RUN = ("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smo
 
 
 def test_truncated_files_are_named_rebuilt_and_nothing_intact_is_lost(tmp_path):
-    from lottery_nb.figures import load_results
+    from lottery_nb.tables import load_results
     from lottery_nb.runs import RunDirError
     out = tmp_path / "runs"
     assert cli(*RUN, "--out", str(out)).returncode == 0

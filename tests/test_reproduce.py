@@ -11,7 +11,8 @@ import papermill as pm
 import pytest
 
 from helpers import cli
-from lottery_nb.figures import STRATEGY_STYLE, load_results, paper_figures, plot_metric, summary_table, synthetic_results
+from lottery_nb.figures import STRATEGY_STYLE, paper_figures, plot_metric
+from lottery_nb.tables import load_results, summary_table, synthetic_results
 from lottery_nb.reproduce import experiments_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -476,7 +476,8 @@ def test_the_cigl_preset_is_the_official_setup():
 def test_sparse_view_gives_one_point_per_sparsity_whatever_each_seed_drew(with_column):
     "With the official Bernoulli draw the weights remaining differ by seed (9.91, 10.04, ...): the figure still averages the seeds at each sparsity asked for (from the column, or from the run's name in tables written before it)."
     import pandas as pd
-    from lottery_nb.figures import sparse_figure, sparse_view
+    from lottery_nb.figures import sparse_figure
+from lottery_nb.tables import sparse_view
     rows = [dict(dataset="mnist", preset="mnist_lenet", strategy="none", kind="sparse", method=m, seed=s, remaining=100 * (1 - sp) + 0.1 * (s - 1),
                  run=f"mnist_lenet-{m}-sparsity{sp:g}-seed{s}-abc", target_sparsity=sp, accuracy=0.9, ece=0.02, nll=0.3, brier=0.1)
             for m in ("rigl", "cigl") for sp in (0.9, 0.95) for s in (0, 1, 2)]
@@ -492,7 +493,7 @@ def test_sparse_view_gives_one_point_per_sparsity_whatever_each_seed_drew(with_c
 def test_summary_keeps_sparse_runs_apart_from_the_tickets():
     "A sparse run's one round is not a ticket's dense round: summary.md gives the tickets their rows and RigL/CigL rows of their own."
     import pandas as pd
-    from lottery_nb.figures import summary_table
+    from lottery_nb.tables import summary_table
     tickets = [dict(dataset="digits", preset="digits_lenet", strategy="none", kind="lottery", method="imp", seed=s, round=r, remaining=100 * 0.8**r,
                     run=f"digits_lenet-none-seed{s}-abc", accuracy=0.95, ece=0.02, nll=0.2, brier=0.08) for s in (0, 1) for r in range(3)]
     sparse = [dict(dataset="digits", preset="digits_lenet", strategy="none", kind="sparse", method=m, seed=s, round=0, remaining=10.0 + 0.1 * s, target_sparsity=0.9,

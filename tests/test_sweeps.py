@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import background_cli, cli, wait_until
-from lottery_nb.figures import load_results
+from lottery_nb.tables import load_results
 from lottery_nb.reproduce import Grid, _call, run_grid, run_jobs, usable_cores
 from lottery_nb.runs import RunContext, RunDir
 

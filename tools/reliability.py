@@ -9,7 +9,7 @@ import argparse
 import pandas as pd
 
 from lottery_nb.data import BatchLoader
-from lottery_nb.figures import reliability_rows
+from lottery_nb.tables import reliability_rows
 from lottery_nb.lottery import LotteryConfig, round_model
 from lottery_nb.runs import find_runs, run_data
 from lottery_nb.training import predict
