@@ -146,7 +146,7 @@ def cmd_run(args):
 
 def cmd_status(args):
     "A table of the runs under a folder; below it, each damaged file and what to do."
-    from lottery_nb.runs import RunDir, run_status
+    from lottery_nb.store import RunDir, run_status
     if not Path(args.folder).is_dir(): raise CLIError(f"no such folder: {args.folder}")
     rows = run_status(args.folder)
     if not rows: print(f"no runs under {args.folder}"); return rows

@@ -18,7 +18,8 @@ from .calibration import STRATEGIES, Strategy, get_strategy
 from .data import DATASETS, LotteryError, parent_dataset
 from .presets import DEFAULT_BUDGET, Preset, check_rounds, get_preset, identity
 from .pruning import Mask, full_mask, prune
-from .runs import Run, RunContext, RunDir, round_seed, build_model, find_runs, load_torch
+from .store import RunDir, find_runs, load_torch
+from .runs import Run, RunContext, round_seed, build_model
 
 # %% auto #0
 __all__ = ['CONVERGENCE_COLUMNS', 'LotteryConfig', 'preset_from_dict', 'LotteryRun', 'lottery_config', 'run_lottery',

@@ -22,7 +22,8 @@ from .calibration import PAPER_STRATEGIES, STRATEGIES, strategy_names
 from .data import LotteryError, load_in_memory
 from .lottery import LotteryConfig, LotteryRun
 from .presets import DATASET_PRESETS, DEFAULT_BUDGET, check_rounds, preset_for, transfer_target
-from .runs import Run, RunContext, RunDir
+from .store import RunDir
+from .runs import Run, RunContext
 from .sparse import SparseConfig, SparseRun, sparse_config
 from .transfer import TransferConfig, run_transfer, transfer_config_from
 

@@ -16,7 +16,8 @@ from .lottery import LotteryConfig
 from .models import prunable_parameters
 from .presets import DEFAULT_BUDGET, Preset, for_method, get_preset, identity, later, sparse_budget
 from .pruning import Mask, MaskedTraining, RoundMethod
-from .runs import Run, RunContext, RunDir
+from .store import RunDir
+from .runs import Run, RunContext
 
 # %% auto #0
 __all__ = ['LAYER_COUNTS', 'TIES', 'SPARSE_METHODS', 'SPARSE_FIELDS', 'layer_densities', 'random_mask', 'RigL', 'CigL',

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import STRATEGIES
-from .runs import find_runs
+from .store import find_runs
 from .sparse import SPARSE_METHODS
 
 # %% auto #0

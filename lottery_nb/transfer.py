@@ -12,7 +12,8 @@ from .lottery import LotteryConfig, LotteryRun
 # (Preset: the inherited field annotations of TransferConfig are resolved in this module, by show_doc and typing tools)
 from .presets import Preset
 from .pruning import Mask
-from .runs import Run, RunContext, RunDir, RunDirError, load_torch
+from .store import RunDir, RunDirError, load_torch
+from .runs import Run, RunContext
 
 # %% auto #0
 __all__ = ['TransferConfig', 'check_pair', 'load_source', 'transfer_config_from', 'transfer_config', 'TransferRun',

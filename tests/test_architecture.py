@@ -15,7 +15,8 @@ from lottery_nb.lottery import LotteryConfig, LotteryRun, run_lottery
 from lottery_nb.presets import BUDGETS, PRESETS, get_preset
 from lottery_nb.pruning import MaskedTraining
 from lottery_nb.reproduce import Grid
-from lottery_nb.runs import Run, RunContext, RunDir
+from lottery_nb.store import RunDir
+from lottery_nb.runs import Run, RunContext
 
 
 def test_presets_are_complete_at_import_whatever_else_is_imported():

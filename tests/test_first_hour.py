@@ -126,7 +126,7 @@ RUN = ("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smo
 
 def test_truncated_files_are_named_rebuilt_and_nothing_intact_is_lost(tmp_path):
     from lottery_nb.tables import load_results
-    from lottery_nb.runs import RunDirError
+    from lottery_nb.store import RunDirError
     out = tmp_path / "runs"
     assert cli(*RUN, "--out", str(out)).returncode == 0
     other = run_lottery("digits_lenet", "lwcc", rounds=0, budget="smoke", out_dir=out, ctx=RunContext(progress=False))

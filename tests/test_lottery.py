@@ -10,7 +10,8 @@ import torch
 from helpers import background_cli, cli, wait_until
 from lottery_nb.lottery import LotteryConfig, run_lottery
 from lottery_nb.presets import PRESETS, get_preset
-from lottery_nb.runs import RunContext, RunDir, RunDirError, run_status
+from lottery_nb.store import RunDir, RunDirError, run_status
+from lottery_nb.runs import RunContext
 
 SMOKE = dict(budget="smoke", ctx=RunContext(progress=False))
 
@@ -218,7 +219,7 @@ def test_channels_last_rounds_give_the_same_tickets(tiny_cifar10, tmp_path):
 def test_a_changed_strategy_default_never_resumes_a_folder_made_with_the_old_one(tmp_path, monkeypatch):
     "A default is recorded beside the name (config.json's `resolved`): changing LWCC's form or the stochastic strategies' dropout in code stops the old folder from resuming, and leaves it untouched; the new value given explicitly gets a folder of its own."
     import lottery_nb.calibration as calibration
-    from lottery_nb.runs import RunDirError
+    from lottery_nb.store import RunDirError
     old = run_lottery("digits_lenet", "lwcc", rounds=0, out_dir=tmp_path, **SMOKE)
     files = {p: p.read_bytes() for p in old.path.rglob("*") if p.is_file() and p.name != ".lock"}
     assert json.loads((old.path / "config.json").read_text())["config"]["strategy_hparams"] == {}  # as the first runs

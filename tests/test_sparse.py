@@ -11,7 +11,8 @@ from torch import nn
 
 from helpers import background_cli, cli, wait_until
 from lottery_nb.data import BatchLoader, load_in_memory
-from lottery_nb.runs import RunContext, RunDir
+from lottery_nb.store import RunDir
+from lottery_nb.runs import RunContext
 from lottery_nb.models import get_model, prunable_parameters
 from lottery_nb.sparse import CigL, RigL, layer_densities, random_mask, run_sparse
 from lottery_nb.training import fit

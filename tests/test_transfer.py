@@ -9,7 +9,8 @@ import torch
 from helpers import background_cli, cli, wait_until
 import lottery_nb.runs as runs_module
 from lottery_nb.lottery import run_lottery
-from lottery_nb.runs import RunContext, RunDir, RunDirError
+from lottery_nb.store import RunDir, RunDirError
+from lottery_nb.runs import RunContext
 from lottery_nb.transfer import run_transfer
 
 SMOKE = dict(budget="smoke", ctx=RunContext(progress=False))

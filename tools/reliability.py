@@ -11,7 +11,8 @@ import pandas as pd
 from lottery_nb.data import BatchLoader
 from lottery_nb.tables import reliability_rows
 from lottery_nb.lottery import LotteryConfig, round_model
-from lottery_nb.runs import find_runs, run_data
+from lottery_nb.store import find_runs
+from lottery_nb.runs import run_data
 from lottery_nb.training import predict
 
 if __name__ == "__main__":
