@@ -221,7 +221,7 @@ def bench_memory() -> list[Measure]:
 
 # %% ../nbs/12_bench.ipynb #31e0a3b4
 def _sweep(workers: int, epochs: int) -> float:
-    from lottery_nb.reproduce import Grid, run_grid
+    from lottery_nb.grid import Grid, run_grid
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         run_grid(Grid(["digits"], ["none", "mixup"], [0, 1], "smoke", 1, overrides={"epochs": epochs}), "digits", d,
@@ -240,7 +240,7 @@ def bench_threads(n: int = 6_000, batch_size: int = 60, repeat: int = 5) -> Meas
 def bench_sweep(epochs: int = 150, repeat: int = 1) -> Measure:
     "Throughput of a grid of four runs on 2 local worker processes against 1."
     t = alternate({"1": lambda: _sweep(1, epochs), "2": lambda: _sweep(2, epochs)}, repeat, warmup=0)
-    from lottery_nb.reproduce import usable_cores
+    from lottery_nb.grid import usable_cores
     return Measure("sweep throughput, 2 workers vs 1", t["1"] / t["2"], t["2"], t["1"],
                    note=f"4 digits runs x 2 rounds x {epochs} epochs; {usable_cores()} cores")
 

@@ -14,7 +14,7 @@ from lottery_nb.data import LotteryError, parent_dataset
 from lottery_nb.lottery import LotteryConfig, LotteryRun, run_lottery
 from lottery_nb.presets import BUDGETS, PRESETS, get_preset
 from lottery_nb.pruning import MaskedTraining
-from lottery_nb.reproduce import Grid
+from lottery_nb.grid import Grid
 from lottery_nb.store import RunDir
 from lottery_nb.runs import Run, RunContext
 

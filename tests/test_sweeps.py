@@ -12,7 +12,7 @@ import torch
 
 from helpers import background_cli, cli, wait_until
 from lottery_nb.tables import load_results
-from lottery_nb.reproduce import Grid, _call, run_grid, run_jobs, usable_cores
+from lottery_nb.grid import Grid, _call, run_grid, run_jobs, usable_cores
 from lottery_nb.store import RunDir
 from lottery_nb.runs import RunContext
 
