@@ -174,7 +174,7 @@ def _reproduce_parser(sub):
     rp.set_defaults(func=cmd_reproduce)
 
 def _bench_parser(sub):
-    from lottery_nb.bench import BENCH_PARTS
+    from lottery_nb.benchmark import BENCH_PARTS
     b = sub.add_parser("bench", help=COMMANDS["bench"],
                        description="Measures the project's code against plain PyTorch doing the same work in the same process; "
                                    "every figure is a ratio. Prints a table and writes it as JSON.")

@@ -150,7 +150,7 @@ def cmd_reproduce(args):
 
 def cmd_bench(args):
     "The benchmark: our code against plain PyTorch, every figure a ratio; prints a table and writes JSON."
-    from lottery_nb.bench import run_bench, format_table
+    from lottery_nb.benchmark import run_bench, format_table
     result = run_bench(args.out, device=args.device, quick=args.quick, progress=args.progress, only=args.only)
     print(format_table(result))
     print(f"written: {args.out}")

@@ -63,6 +63,7 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
 
+# %% ../nbs/01_models.ipynb #05a06c85
 class CifarResNet(nn.Module):
     "The CIFAR ResNet skeleton: 3×3 stem without max-pool, four stages from `make_stages`, average pool, dropout, linear classifier."
     def __init__(self, make_stages: Callable[[int], tuple[list[nn.Module], int]], num_classes: int = 10, in_channels: int = 3,
@@ -86,6 +87,7 @@ class CifarResNet(nn.Module):
         names = tuple(n + ".weight" for n, m in self.named_modules() if n.endswith("downsample.0"))
         return names + ("fc.weight",)
 
+# %% ../nbs/01_models.ipynb #24f3dfa1
 class ResNet18(CifarResNet):
     "ResNet-18 for 32×32 images (3×3 stem, no max-pool): two basic blocks per stage; dropout before the classifier."
     def __init__(self, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0, widths=(64, 128, 256, 512)):

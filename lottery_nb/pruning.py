@@ -120,6 +120,7 @@ def _prune_smallest(scores: torch.Tensor, alive: torch.Tensor, n: int) -> torch.
     keep = alive & ~below; keep[ties] = False
     return keep
 
+# %% ../nbs/04_pruning.ipynb #55fc07c2
 @torch.no_grad()
 def prune(model: nn.Module, mask: Mask, fraction: float, scope: str = "local", layer_fractions: dict[str, float] | None = None,
           exclude: Iterable[str] = (), criterion: str = "magnitude", generator: torch.Generator | None = None) -> Mask:

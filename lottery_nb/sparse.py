@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from fastcore.basics import patch
+
 import torch
 from torch import nn
 
@@ -95,53 +97,56 @@ class RigL(MaskedTraining):
     def drop_fraction_at(self, step: int) -> float:
         return self.drop_fraction / 2 * (1 + math.cos(math.pi * step / (self.end_fraction * self.total_steps)))
 
-    @torch.no_grad()
-    def update_masks(self, dense_grad: dict):
-        "Drop the smallest-magnitude active weights and grow as many inactive ones with the largest dense gradient, per layer; grown weights start at zero."
-        # the official decay's value, set at the previous optimiser step (its counter: the steps before that one)
-        f, record = self.drop_fraction_at(max(self.step - 1, 0)), {"step": self.step + 1}
-        for k, m in self.mask.items():
-            if k not in dense_grad: continue
-            w, flat = self.params[k], m.flatten().clone()  # logical order, whatever the memory format
-            k_move = math.ceil(f * int(flat.sum()))
-            if k_move == 0: continue
-            grow, dropped, grown_n = (self._drop_grow_official if self.ties == "official" else self._drop_grow)(w.detach().flatten(), dense_grad[k].flatten(), flat, k_move)
-            m.copy_(flat.view(m.shape))
-            grown = torch.zeros_like(flat); grown[grow] = True
-            w.masked_fill_(grown.view(w.shape), 0.0)
-            reset = (~flat).view(w.shape)  # the official reset_momentum: state times the new mask (a regrown weight keeps its own)
-            for buf in (self.optimizer.state.get(w, {}) if self.optimizer is not None else {}).values():
-                if torch.is_tensor(buf) and buf.shape == w.shape: buf.masked_fill_(reset, 0.0)
-            record[k] = (dropped, grown_n)  # weights dropped, and inactive ones grown
-        self.refresh()  # the float masks follow; dropped weights to zero
-        self.updates.append(record)
+# %% ../nbs/08_sparse_training.ipynb #e612cc4c
+def _drop_grow(w, grad, flat, k: int):
+    "Ours: exactly `k` active weights dropped (smallest magnitude), `k` inactive ones grown (largest |gradient|); `flat` in place. The grown indices and both counts."
+    drop = torch.topk(torch.where(flat, w.abs(), torch.full_like(w, float("inf"))), k, largest=False).indices
+    flat[drop] = False
+    grow = torch.topk(torch.where(flat, torch.full_like(w, -1.0), grad.abs()), k).indices
+    flat[grow] = True
+    return grow, k, k
 
-    @staticmethod
-    def _drop_grow(w, grad, flat, k: int):
-        "Ours: exactly `k` active weights dropped (smallest magnitude), `k` inactive ones grown (largest |gradient|); `flat` in place. The grown indices and both counts."
-        drop = torch.topk(torch.where(flat, w.abs(), torch.full_like(w, float("inf"))), k, largest=False).indices
-        flat[drop] = False
-        grow = torch.topk(torch.where(flat, torch.full_like(w, -1.0), grad.abs()), k).indices
-        flat[grow] = True
-        return grow, k, k
+def _drop_grow_official(w, grad, flat, k: int):
+    "The official code's sorts: the `zeros + k` smallest |w| off (zeros included), the `k` largest |gradient · inactive| on (active ones tie at 0)."
+    before, zeros = flat.clone(), int((~flat).sum())
+    flat[torch.sort(w.abs())[1][: zeros + k]] = False
+    after_drop = flat.clone()
+    grow = torch.sort((grad * (~flat)).abs(), descending=True)[1][:k]
+    flat[grow] = True
+    return grow, int((before & ~after_drop).sum()), int((~after_drop[grow]).sum())
 
-    @staticmethod
-    def _drop_grow_official(w, grad, flat, k: int):
-        "The official code's sorts: the `zeros + k` smallest |w| off (zeros included), the `k` largest |gradient · inactive| on (active ones tie at 0)."
-        before, zeros = flat.clone(), int((~flat).sum())
-        flat[torch.sort(w.abs())[1][: zeros + k]] = False
-        after_drop = flat.clone()
-        grow = torch.sort((grad * (~flat)).abs(), descending=True)[1][:k]
-        flat[grow] = True
-        return grow, int((before & ~after_drop).sum()), int((~after_drop[grow]).sum())
+# %% ../nbs/08_sparse_training.ipynb #a497bffe
+@patch
+@torch.no_grad()
+def update_masks(self: RigL, dense_grad: dict):
+    "Drop the smallest-magnitude active weights and grow as many inactive ones with the largest dense gradient, per layer; grown weights start at zero."
+    # the official decay's value, set at the previous optimiser step (its counter: the steps before that one)
+    f, record = self.drop_fraction_at(max(self.step - 1, 0)), {"step": self.step + 1}
+    for k, m in self.mask.items():
+        if k not in dense_grad: continue
+        w, flat = self.params[k], m.flatten().clone()  # logical order, whatever the memory format
+        k_move = math.ceil(f * int(flat.sum()))
+        if k_move == 0: continue
+        grow, dropped, grown_n = (_drop_grow_official if self.ties == "official" else _drop_grow)(w.detach().flatten(), dense_grad[k].flatten(), flat, k_move)
+        m.copy_(flat.view(m.shape))
+        grown = torch.zeros_like(flat); grown[grow] = True
+        w.masked_fill_(grown.view(w.shape), 0.0)
+        reset = (~flat).view(w.shape)  # the official reset_momentum: state times the new mask (a regrown weight keeps its own)
+        for buf in (self.optimizer.state.get(w, {}) if self.optimizer is not None else {}).values():
+            if torch.is_tensor(buf) and buf.shape == w.shape: buf.masked_fill_(reset, 0.0)
+        record[k] = (dropped, grown_n)  # weights dropped, and inactive ones grown
+    self.refresh()  # the float masks follow; dropped weights to zero
+    self.updates.append(record)
 
-    def state_dict(self) -> dict:
-        return {"mask": {k: m.cpu().clone() for k, m in self.mask.items()}, "step": self.step, "updates": self.updates}
+@patch
+def state_dict(self: RigL) -> dict:
+    return {"mask": {k: m.cpu().clone() for k, m in self.mask.items()}, "step": self.step, "updates": self.updates}
 
-    def load_state_dict(self, state: dict):
-        for k, m in self.mask.items(): m.copy_(state["mask"][k])
-        self.refresh()
-        self.step, self.updates = state["step"], list(state["updates"])
+@patch
+def load_state_dict(self: RigL, state: dict):
+    for k, m in self.mask.items(): m.copy_(state["mask"][k])
+    self.refresh()
+    self.step, self.updates = state["step"], list(state["updates"])
 
 # %% ../nbs/08_sparse_training.ipynb #74a1ee52
 class CigL(RigL):
@@ -174,34 +179,39 @@ class CigL(RigL):
             w.mul_(self.keep[k] & m)                           #    ... and drop by it
         return super().before_step()                           # 3.-4.: masked gradients, the step, the sparse mask
 
-    @torch.no_grad()
-    def after_epoch(self, epoch: int):
-        "Add the weights at the end of epoch `epoch` (0-based) to the average from epoch swa_start · epochs on (inclusive)."
-        if epoch + 1 < self.swa_start * self.epochs: return
-        params = [p.detach() for p in self.model.parameters()]
-        if self.avg is None: self.avg = [torch.zeros_like(p) for p in params]
-        self.n_avg += 1
-        for a, p in zip(self.avg, params): a.add_((p - a) / self.n_avg)
+# %% ../nbs/08_sparse_training.ipynb #26cbc54e
+@patch
+@torch.no_grad()
+def after_epoch(self: CigL, epoch: int):
+    "Add the weights at the end of epoch `epoch` (0-based) to the average from epoch swa_start · epochs on (inclusive)."
+    if epoch + 1 < self.swa_start * self.epochs: return
+    params = [p.detach() for p in self.model.parameters()]
+    if self.avg is None: self.avg = [torch.zeros_like(p) for p in params]
+    self.n_avg += 1
+    for a, p in zip(self.avg, params): a.add_((p - a) / self.n_avg)
 
-    @torch.no_grad()
-    def finish(self, loader):
-        "The averaged weights become the model's, with batch-norm statistics recomputed on the training data."
-        if self.avg is None: return
-        for a, p in zip(self.avg, self.model.parameters()): p.copy_(a)
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
-            torch.optim.swa_utils.update_bn(loader, self.model)
+@patch
+@torch.no_grad()
+def finish(self: CigL, loader):
+    "The averaged weights become the model's, with batch-norm statistics recomputed on the training data."
+    if self.avg is None: return
+    for a, p in zip(self.avg, self.model.parameters()): p.copy_(a)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+        torch.optim.swa_utils.update_bn(loader, self.model)
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "avg": None if self.avg is None else [a.cpu().clone() for a in self.avg], "n_avg": self.n_avg,
-                "keep": {k: v.cpu().clone() for k, v in self.keep.items()}, "real": {k: v.cpu().clone() for k, v in self.real.items()}}
+@patch
+def state_dict(self: CigL) -> dict:
+    return {**RigL.state_dict(self), "avg": None if self.avg is None else [a.cpu().clone() for a in self.avg], "n_avg": self.n_avg,
+            "keep": {k: v.cpu().clone() for k, v in self.keep.items()}, "real": {k: v.cpu().clone() for k, v in self.real.items()}}
 
-    def load_state_dict(self, state: dict):
-        super().load_state_dict(state)
-        self.n_avg = state["n_avg"]
-        if state["avg"] is not None:
-            self.avg = [a.to(p.device) for a, p in zip(state["avg"], self.model.parameters())]
-        self.keep = {k: state["keep"][k].to(p.device) for k, p in self.params.items()}
-        self.real = {k: state["real"][k].to(p.device) for k, p in self.params.items()}
+@patch
+def load_state_dict(self: CigL, state: dict):
+    RigL.load_state_dict(self, state)
+    self.n_avg = state["n_avg"]
+    if state["avg"] is not None:
+        self.avg = [a.to(p.device) for a, p in zip(state["avg"], self.model.parameters())]
+    self.keep = {k: state["keep"][k].to(p.device) for k, p in self.params.items()}
+    self.real = {k: state["real"][k].to(p.device) for k, p in self.params.items()}
 
 # %% ../nbs/08_sparse_training.ipynb #2cf9253a
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import importlib.util
 if importlib.util.find_spec("ipywidgets") is not None: from tqdm.auto import tqdm  # a widget bar in Jupyter, text elsewhere
 else: from tqdm.std import tqdm  # tqdm.auto would warn "IProgress not found" in a notebook, then draw this text bar anyway
 
-from .calibration import mean_logprob, stochastic_logits
+from .losses import mean_logprob, stochastic_logits
 from .data import LotteryError
 from .metrics import calibration_report
 

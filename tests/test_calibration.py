@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lottery_nb.calibration import (STRATEGIES, get_strategy, kl_uniform, lwcc_loss, lwcc_si_loss, mda_loss, mixup,
-                                    nba_loss, soft_cross_entropy, soft_histogram, stochastic_logits, vwcc_loss)
+from lottery_nb.losses import kl_uniform, lwcc_loss, lwcc_si_loss, mda_loss, mixup, nba_loss, soft_cross_entropy, soft_histogram, stochastic_logits, vwcc_loss
+from lottery_nb.calibration import STRATEGIES, get_strategy
 from lottery_nb.models import ResNet18, VGG19, get_model
 
 
