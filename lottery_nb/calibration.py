@@ -17,27 +17,39 @@ from .losses import (LWCC_FORMS, lwcc_loss, lwcc_si_loss, mda_loss, mixup, nba_l
                                vwcc_loss)
 
 # %% auto #0
-__all__ = ['DEFAULT_DROPOUT', 'PAPER_STRATEGIES', 'CONTROLS', 'STRATEGIES', 'DATASET_DEFAULTS', 'STRATEGY_GROUPS', 'Strategy',
-           'NoCalibration', 'VWCC', 'Mixup', 'MDA', 'LWCC', 'LWCCSI', 'NBA', 'Dropout', 'LWCCAdditive',
-           'LWCCSIAdditive', 'RandomReinit', 'strategy_names', 'get_strategy']
+__all__ = ['DEFAULT_DROPOUT', 'STRATEGIES', 'PAPER_STRATEGIES', 'CONTROLS', 'Strategy', 'NoCalibration', 'VWCC', 'Mixup', 'MDA',
+           'LWCC', 'LWCCSI', 'NBA', 'Dropout', 'LWCCAdditive', 'LWCCSIAdditive', 'RandomReinit', 'strategy_groups',
+           'strategy_names', 'get_strategy']
 
 # %% ../nbs/03a_calibration.ipynb #b5abdf20
-DEFAULT_DROPOUT = 0.3  # dropout rate of the models trained with a stochastic strategy (the paper's value was lost)
+DEFAULT_DROPOUT = 0.3  # dropout rate of the models trained with a stochastic strategy (the paper does not give the value)
 
 def _has_dropout(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
 
+STRATEGIES: dict[str, type] = {}  # every strategy by name, in the order declared: a subclass of Strategy with a `name` adds itself
+
 @dataclass
 class Strategy:
     "Base class: plain cross-entropy. Subclasses add hyper-parameters (dataclass fields) and override `loss`."
-    name: ClassVar[str] = "none"
+    name: ClassVar[str] = ""
+    paper: ClassVar[bool] = False  # one of the paper's seven (a control never is, whatever it inherits)
     stochastic: ClassVar[bool] = False  # needs T stochastic (dropout) passes
+    dataset_defaults: ClassVar[dict] = {}  # hyper-parameters that differ by dataset (a half: its parent's): {dataset: {field: value}}
     controls: ClassVar[tuple[str, ...]] = ()  # a control: the strategies whose effect it separates from something else
     preset_changes: ClassVar[dict] = {}  # preset fields a run of this strategy needs (a control's re-initialisation)
     label: ClassVar[str] = ""  # its name in figures and tables (every strategy declares one)
     color: ClassVar[str] = ""  # its colour in figures, a matplotlib colour (every strategy declares one)
     linestyle: ClassVar[str] = "-"  # its line in figures
     _checked: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __init_subclass__(cls, **kw):
+        "A subclass that declares a `name` is registered in `STRATEGIES`, once, with its label and colour (else an error here)."
+        super().__init_subclass__(**kw)
+        if "name" not in cls.__dict__: return
+        if cls.name in STRATEGIES: raise LotteryError(f"strategy {cls.name!r} is declared twice")
+        if not (cls.label and cls.color): raise LotteryError(f"strategy {cls.name!r} declares no label or colour for the figures: give the class both")
+        STRATEGIES[cls.name] = cls
 
     def __post_init__(self): self.validate()
     def validate(self): "Raise `LotteryError` for impossible hyper-parameters."
@@ -76,22 +88,22 @@ def _check_nonneg(name: str, v: float):
 @dataclass(repr=False)
 class NoCalibration(Strategy):
     "Plain cross-entropy: the baseline lottery ticket."
-    name: ClassVar[str] = "none"; label: ClassVar[str] = "LTH (no calibration)"; color: ClassVar[str] = "black"
+    name: ClassVar[str] = "none"; paper: ClassVar[bool] = True; label: ClassVar[str] = "LTH (no calibration)"; color: ClassVar[str] = "black"
 
 @dataclass(repr=False)
 class VWCC(Strategy):
     "Variance-weighted confidence calibration over T dropout passes (Seo et al. 2019)."
-    name: ClassVar[str] = "vwcc"; label: ClassVar[str] = "VWCC"; color: ClassVar[str] = "#1f77b4"
+    name: ClassVar[str] = "vwcc"; paper: ClassVar[bool] = True; label: ClassVar[str] = "VWCC"; color: ClassVar[str] = "#1f77b4"
     stochastic: ClassVar[bool] = True
-    T: int = 5  # stochastic passes (Seo et al.'s value; the paper's was lost)
+    T: int = 5  # stochastic passes (Seo et al.'s value; the paper does not give one)
     def validate(self): _check_T(self.T)
     def loss(self, model, x, y): return vwcc_loss(stochastic_logits(model, x, self.T), y)
 
 @dataclass(repr=False)
 class Mixup(Strategy):
     "Cross-entropy on mixed inputs and targets (Zhang et al. 2018)."
-    name: ClassVar[str] = "mixup"; label: ClassVar[str] = "Mixup"; color: ClassVar[str] = "#ff7f0e"
-    alpha: float = 0.3  # Beta(alpha, alpha) mixing; the paper's value was lost, 0.2-0.4 calibrate best
+    name: ClassVar[str] = "mixup"; paper: ClassVar[bool] = True; label: ClassVar[str] = "Mixup"; color: ClassVar[str] = "#ff7f0e"
+    alpha: float = 0.3  # Beta(alpha, alpha) mixing; not given in the paper; 0.2-0.4 calibrate best
     def validate(self):
         if not self.alpha > 0: raise LotteryError(f"mixup alpha must be > 0, got {self.alpha!r}")
     def loss(self, model, x, y):
@@ -103,8 +115,9 @@ class Mixup(Strategy):
 @dataclass(repr=False)
 class MDA(Strategy):
     "Cross-entropy plus KL(uniform ‖ batch-mean prediction)."
-    name: ClassVar[str] = "mda"; label: ClassVar[str] = "MDA"; color: ClassVar[str] = "#2ca02c"
-    weight: float = 1.0  # lambda: 1.0 for CIFAR-10, SVHN, Fashion-MNIST; 0.5 for MNIST (both lost: choice)
+    name: ClassVar[str] = "mda"; paper: ClassVar[bool] = True; label: ClassVar[str] = "MDA"; color: ClassVar[str] = "#2ca02c"
+    dataset_defaults: ClassVar[dict] = {"mnist": {"weight": 0.5}}
+    weight: float = 1.0  # lambda: 1.0 for CIFAR-10, SVHN, Fashion-MNIST; 0.5 for MNIST (not given in the paper: choice)
     def validate(self): _check_nonneg("MDA weight", self.weight)
     def loss(self, model, x, y):
         logits = model(x)
@@ -113,7 +126,7 @@ class MDA(Strategy):
 @dataclass(repr=False)
 class LWCC(Strategy):
     "Likelihood-weighted confidence calibration (the paper's proposal)."
-    name: ClassVar[str] = "lwcc"; label: ClassVar[str] = "LWCC"; color: ClassVar[str] = "#d62728"
+    name: ClassVar[str] = "lwcc"; paper: ClassVar[bool] = True; label: ClassVar[str] = "LWCC"; color: ClassVar[str] = "#d62728"
     form: str = "convex"  # 'convex': (1-w) CE + w KL(U||p), our reading of eq. 5; 'additive': CE + w KL(U||p)
     def validate(self): _check_form(self.form)
     def loss(self, model, x, y): return lwcc_loss(model(x), y, self.form)
@@ -122,7 +135,7 @@ class LWCC(Strategy):
 @dataclass(repr=False)
 class LWCCSI(Strategy):
     "LWCC on the mean softmax of T dropout passes."
-    name: ClassVar[str] = "lwcc_si"; label: ClassVar[str] = "LWCC-SI"; color: ClassVar[str] = "#9467bd"
+    name: ClassVar[str] = "lwcc_si"; paper: ClassVar[bool] = True; label: ClassVar[str] = "LWCC-SI"; color: ClassVar[str] = "#9467bd"
     stochastic: ClassVar[bool] = True
     T: int = 5  # stochastic passes (as VWCC)
     form: str = "convex"  # as for LWCC
@@ -132,8 +145,8 @@ class LWCCSI(Strategy):
 @dataclass(repr=False)
 class NBA(Strategy):
     "Cross-entropy plus a U-weighted soft histogram of confidences (the paper's proposal)."
-    name: ClassVar[str] = "nba"; label: ClassVar[str] = "NBA"; color: ClassVar[str] = "#8c564b"
-    weight: float = 0.1       # lambda (lost: choice; 0.5 made LeNet on digits underconfident)
+    name: ClassVar[str] = "nba"; paper: ClassVar[bool] = True; label: ClassVar[str] = "NBA"; color: ClassVar[str] = "#8c564b"
+    weight: float = 0.1       # lambda (not given in the paper: choice; 0.5 made LeNet on digits underconfident)
     n_bins: int = 15          # M bins of [0, 1] (as ECE)
     bandwidth: float | None = None  # Gaussian kernel sigma; None = half a bin width
     def validate(self):
@@ -175,26 +188,22 @@ class RandomReinit(Strategy):
     preset_changes: ClassVar[dict] = {"rewind": "random"}
 
 # %% ../nbs/03a_calibration.ipynb #7903cae7
-PAPER_STRATEGIES = ("none", "vwcc", "mixup", "mda", "lwcc", "lwcc_si", "nba")  # the paper's seven
-CONTROLS = ("dropout", "lwcc_add", "lwcc_si_add", "reinit")                   # ours (the section above)
-STRATEGIES: dict[str, type[Strategy]] = {c.name: c for c in (NoCalibration, VWCC, Mixup, MDA, LWCC, LWCCSI, NBA,
-                                                             Dropout, LWCCAdditive, LWCCSIAdditive, RandomReinit)}
-assert tuple(STRATEGIES) == PAPER_STRATEGIES + CONTROLS and all(bool(STRATEGIES[c].controls) == (c in CONTROLS) for c in STRATEGIES)
-_unstyled = [n for n, c in STRATEGIES.items() if not (c.label and c.color)]
-if _unstyled: raise LotteryError(f"strategies without a label or colour for the figures: {_unstyled}; declare both on the class")
+PAPER_STRATEGIES = tuple(n for n, c in STRATEGIES.items() if c.paper and not c.controls)  # the paper's seven
+CONTROLS = tuple(n for n, c in STRATEGIES.items() if c.controls)           # ours (the section above)
+assert PAPER_STRATEGIES == ("none", "vwcc", "mixup", "mda", "lwcc", "lwcc_si", "nba") and len(CONTROLS) == 4
 
-# hyper-parameters that differ by dataset (the paper's MDA weight on MNIST); halves share their parent's
-DATASET_DEFAULTS: dict[str, dict[str, dict]] = {"mda": {"mnist": {"weight": 0.5}}}
-
-STRATEGY_GROUPS = {"paper": PAPER_STRATEGIES, "controls": CONTROLS, "all": tuple(STRATEGIES)}
+def strategy_groups() -> dict[str, tuple[str, ...]]:
+    "The names a strategy list may use for several strategies: `paper`, `controls`, and `all` (every strategy declared so far)."
+    return {"paper": tuple(n for n, c in STRATEGIES.items() if c.paper and not c.controls), "controls": tuple(n for n, c in STRATEGIES.items() if c.controls),
+            "all": tuple(STRATEGIES)}
 
 def strategy_names(names) -> list[str]:
     "Strategy names as a list, with `paper`, `controls` and `all` read as their strategies; an unknown name, or none at all, is a `LotteryError` listing the valid ones."
-    names = [names] if isinstance(names, str) else list(names)
-    names = list(dict.fromkeys(s for n in names for s in STRATEGY_GROUPS.get(n, (n,))))
+    names, groups = ([names] if isinstance(names, str) else list(names)), strategy_groups()
+    names = list(dict.fromkeys(s for n in names for s in groups.get(n, (n,))))
     bad = [n for n in names if n not in STRATEGIES]
     if bad or not names: raise LotteryError(f"unknown strategy {', '.join(map(repr, bad)) or '(none given)'}; choose from: "
-                                            f"{', '.join(STRATEGIES)}, or {', '.join(STRATEGY_GROUPS)}")
+                                            f"{', '.join(STRATEGIES)}, or {', '.join(groups)}")
     return names
 
 def get_strategy(name: str, dataset: str | None = None, **hparams) -> Strategy:
@@ -205,4 +214,4 @@ def get_strategy(name: str, dataset: str | None = None, **hparams) -> Strategy:
     unknown = sorted(set(hparams) - set(valid))
     if unknown: raise LotteryError(f"strategy {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; valid: {', '.join(valid) or 'none'}")
     base = parent_dataset(dataset) if dataset in DATASETS else dataset
-    return cls(**{**DATASET_DEFAULTS.get(name, {}).get(base, {}), **hparams})
+    return cls(**{**cls.dataset_defaults.get(base, {}), **hparams})

@@ -18,8 +18,9 @@ from torchvision import transforms as T
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'DATASETS', 'data_root', 'LotteryError', 'DatasetNotFoundError', 'DatasetSpec', 'register_dataset',
-           'get_spec', 'dataset_label', 'Digits', 'half_split', 'register_halves', 'parent_dataset', 'get_dataset',
-           'to_device_async', 'InMemoryDataset', 'random_crop', 'random_flip', 'load_in_memory', 'BatchLoader']
+           'get_spec', 'dataset_label', 'Digits', 'from_torchvision', 'half_split', 'register_halves', 'parent_dataset',
+           'get_dataset', 'to_device_async', 'InMemoryDataset', 'random_crop', 'random_flip', 'load_in_memory',
+           'BatchLoader']
 
 # %% ../nbs/00_data.ipynb #731cf94d
 DATA_ENV = "LOTTERY_NB_DATA"
@@ -67,7 +68,8 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {}
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    "Add `spec` to the registry under `spec.name`."
+    "Add `spec` to the registry under `spec.name` (a name registered twice is an error)."
+    if spec.name in DATASETS: raise LotteryError(f"dataset {spec.name!r} is registered twice")
     DATASETS[spec.name] = spec
     return spec
 
@@ -101,7 +103,7 @@ class Digits(Dataset):
         return x, y
 
 # %% ../nbs/00_data.ipynb #ca0f1287
-def _tv(cls, **fixed):
+def from_torchvision(cls, **fixed):
     "A builder that calls torchvision's `cls(root, train=..., download=...)`."
     def build(root, train, download, transform=None):
         return cls(root=str(root), train=train, download=download, transform=transform, **fixed)
@@ -110,16 +112,16 @@ def _tv(cls, **fixed):
 def _svhn(root, train, download, transform=None):
     return torchvision.datasets.SVHN(root=str(root), split="train" if train else "test", download=download, transform=transform)
 
-register_dataset(DatasetSpec("mnist", _tv(torchvision.datasets.MNIST), 10, (1, 28, 28), (0.1307,), (0.3081,), label="MNIST",
+register_dataset(DatasetSpec("mnist", from_torchvision(torchvision.datasets.MNIST), 10, (1, 28, 28), (0.1307,), (0.3081,), label="MNIST",
                              figure="fig12_calibration_mnist", panel=1))
-register_dataset(DatasetSpec("fashion_mnist", _tv(torchvision.datasets.FashionMNIST), 10, (1, 28, 28), (0.2860,), (0.3530,),
+register_dataset(DatasetSpec("fashion_mnist", from_torchvision(torchvision.datasets.FashionMNIST), 10, (1, 28, 28), (0.2860,), (0.3530,),
                              hint="On Debian or Ubuntu, `apt-get install dataset-fashion-mnist` installs the original files.",
                              label="Fashion-MNIST", figure="fig12_calibration_mnist", panel=0))
-register_dataset(DatasetSpec("cifar10", _tv(torchvision.datasets.CIFAR10), 10, (3, 32, 32), (0.4914, 0.4822, 0.4465),
+register_dataset(DatasetSpec("cifar10", from_torchvision(torchvision.datasets.CIFAR10), 10, (3, 32, 32), (0.4914, 0.4822, 0.4465),
                              (0.2470, 0.2435, 0.2616), augment="crop_flip", label="CIFAR-10", figure="fig16_calibration_cifar10"))
 register_dataset(DatasetSpec("svhn", _svhn, 10, (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), augment="crop",
                              label="SVHN", figure="fig20_calibration_svhn"))
-register_dataset(DatasetSpec("digits", _tv(Digits), 10, (1, 8, 8), (0.3052,), (0.3760,), max_value=16.0, label="digits"));
+register_dataset(DatasetSpec("digits", from_torchvision(Digits), 10, (1, 8, 8), (0.3052,), (0.3760,), max_value=16.0, label="digits"));
 
 # %% ../nbs/00_data.ipynb #6594ca9a
 def half_split(targets, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -167,7 +167,8 @@ def sparse_figure(df: pd.DataFrame, title: str = "Sparse training: RigL and CigL
 def paper_figures(df: pd.DataFrame, out_dir=None) -> dict:
     "Draw Figs. 5, 12, 16, 20, 25 and the sparse-training comparison (those with data); save PNG and PDF; returns {name: figure}."
     lottery = df[df["kind"] == "lottery"] if "kind" in df else df
-    figs = {name: metric_grid(lottery, datasets, metrics, FIGURE_TITLES[name]) for name, (datasets, metrics) in FIGURES.items()}
+    figures, titles = _figures()  # from the declarations as they are now (a dataset declared after this module was imported included)
+    figs = {name: metric_grid(lottery, datasets, metrics, titles[name]) for name, (datasets, metrics) in figures.items()}
     figs["fig25_transfer"] = transfer_figure(df)
     figs["sparse_training"] = sparse_figure(df)
     figs = {k: f for k, f in figs.items() if f is not None}

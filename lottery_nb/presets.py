@@ -10,13 +10,13 @@ from dataclasses import dataclass, fields
 
 from fastcore.basics import patch
 
-from .data import LotteryError, get_spec
+from .data import DatasetSpec, LotteryError, get_spec, register_dataset
 from .models import INITS, MODELS
 from .pruning import PRUNING_CRITERIA
 
 # %% auto #0
-__all__ = ['BUDGET_NAMES', 'DEFAULT_BUDGET', 'SPARSE_BUDGET_DEFAULTS', 'DECLARED', 'LENET_PRUNING', 'PRESETS', 'BUDGETS',
-           'DATASET_PRESETS', 'SOURCE_HALVES', 'check_rounds', 'later', 'for_method', 'identity', 'Preset', 'Declared',
+__all__ = ['BUDGET_NAMES', 'DEFAULT_BUDGET', 'SPARSE_BUDGET_DEFAULTS', 'DECLARED', 'PRESETS', 'BUDGETS', 'DATASET_PRESETS',
+           'LENET_PRUNING', 'SOURCE_HALVES', 'check_rounds', 'later', 'for_method', 'identity', 'Preset', 'Declared',
            'declare', 'declare_half', 'get_preset', 'transfer_target', 'preset_for', 'sparse_budget']
 
 # %% ../nbs/05a_presets.ipynb #ac78749f
@@ -59,7 +59,7 @@ def identity(obj, names=None) -> dict:
 class Preset:
     "One experimental setup of the paper; fields can be overridden with `replace` or `get_preset(..., **overrides)`."
     name: str                       # preset name
-    dataset: str                    # training/test data (see lottery_nb.data.DATASETS)
+    dataset: str                    # training/test data (see lottery_nb.data.DATASETS); a new dataset's DatasetSpec registers it
     model: str                      # architecture (see lottery_nb.models.MODELS)
     optimizer: str                  # 'adam' or 'sgd'
     lr: float                       # learning rate
@@ -90,7 +90,9 @@ class Preset:
     init: str = later("default")    # 'default' (PyTorch's) or 'official' (CigL's ResNet initialisation, models.official_init)
     pruning_criterion: str = later("magnitude")  # how a round ranks the surviving weights (pruning chapter: PRUNING_CRITERIA)
 
-    def __post_init__(self): self.validate()
+    def __post_init__(self):
+        if isinstance(self.dataset, DatasetSpec): object.__setattr__(self, "dataset", register_dataset(self.dataset).name)
+        self.validate()
 
 # %% ../nbs/05a_presets.ipynb #5a0e000b
 @patch
@@ -140,6 +142,14 @@ class Declared:
     half_of: str | None  # for a transfer source: the preset it is the first half of
 
 DECLARED: dict[str, Declared] = {}
+PRESETS: dict[str, Preset] = {}           # views of DECLARED that every declaration keeps up to date
+BUDGETS: dict[str, dict[str, dict]] = {b: {} for b in BUDGET_NAMES}  # budget -> preset -> the fields it changes
+DATASET_PRESETS: dict[str, str] = {}      # dataset -> the preset its grid trains
+
+def _add(d: Declared):
+    DECLARED[d.preset.name], PRESETS[d.preset.name] = d, d.preset
+    for b, changes in d.budgets.items(): BUDGETS[b][d.preset.name] = changes
+    if d.grid: DATASET_PRESETS[d.preset.dataset] = d.preset.name
 
 def declare(preset: Preset, *, standard: dict, quick: dict, smoke: dict, sparse: dict | None = None, grid: bool = True) -> Preset:
     "Register `preset` with what the `standard`, `quick` and `smoke` budgets change in it (and, optionally, in its sparse runs)."
@@ -148,13 +158,13 @@ def declare(preset: Preset, *, standard: dict, quick: dict, smoke: dict, sparse:
         raise LotteryError(f"two grid presets for dataset {preset.dataset!r}: declare the second with grid=False")
     budgets = {"paper": {}, "standard": dict(standard), "quick": dict(quick), "smoke": dict(smoke)}
     for b, changes in budgets.items(): preset.replace(**changes)  # an unknown field is an error here, at import
-    DECLARED[preset.name] = Declared(preset, budgets, dict(sparse or {}), grid, None)
+    _add(Declared(preset, budgets, dict(sparse or {}), grid, None))
     return preset
 
 def declare_half(name: str, parent: str, half: str) -> Preset:
     "Register the preset `parent` on the half `half` of its dataset, as `name`, with the parent's budgets: a transfer source."
     d = DECLARED[parent]
-    DECLARED[name] = Declared(d.preset.replace(name=name, dataset=half), d.budgets, d.sparse, True, parent)
+    _add(Declared(d.preset.replace(name=name, dataset=half), d.budgets, d.sparse, True, parent))
     return DECLARED[name].preset
 
 # %% ../nbs/05a_presets.ipynb #f3599d23
@@ -185,9 +195,6 @@ declare_half("fashion_mnist_a_lenet", "fashion_mnist_lenet", "fashion_mnist_a")
 declare_half("digits_a_lenet", "digits_lenet", "digits_a")
 
 # %% ../nbs/05a_presets.ipynb #5a0e000c
-PRESETS: dict[str, Preset] = {n: d.preset for n, d in DECLARED.items()}
-BUDGETS: dict[str, dict[str, dict]] = {b: {n: d.budgets[b] for n, d in DECLARED.items()} for b in BUDGET_NAMES}  # budget -> preset -> changes
-
 def get_preset(name: str, budget: str = "paper", **overrides) -> Preset:
     "The preset `name` at `budget` ('paper', 'standard', 'quick', 'smoke'), with fields overridden by `overrides`."
     if name not in PRESETS: raise LotteryError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
@@ -198,12 +205,11 @@ def get_preset(name: str, budget: str = "paper", **overrides) -> Preset:
     return base.replace(**changes).replace(**overrides)
 
 # %% ../nbs/05a_presets.ipynb #5a0e0007
-DATASET_PRESETS: dict[str, str] = {d.preset.dataset: n for n, d in DECLARED.items() if d.grid}
 SOURCE_HALVES = tuple(d.preset.dataset for d in DECLARED.values() if d.half_of)  # the halves whose grids transfer their tickets
 
 def transfer_target(dataset: str) -> str | None:
     "Where a grid on `dataset` transfers its tickets: the other half of a source half, else None."
-    return get_spec(dataset).other_half if dataset in SOURCE_HALVES else None
+    return get_spec(dataset).other_half if any(d.half_of and d.preset.dataset == dataset for d in DECLARED.values()) else None
 
 def preset_for(dataset: str, budget: str = "paper", **overrides) -> Preset:
     "The preset a grid on `dataset` trains, at `budget`."

@@ -14,7 +14,7 @@ from lottery_nb.data import LotteryError, parent_dataset
 from lottery_nb.lottery import LotteryConfig, LotteryRun, run_lottery
 from lottery_nb.presets import BUDGETS, PRESETS, get_preset
 from lottery_nb.pruning import MaskedTraining
-from lottery_nb.grid import Grid
+from lottery_nb.grid import Grid, run_grid
 from lottery_nb.store import RunDir
 from lottery_nb.runs import Run, RunContext
 
@@ -168,3 +168,26 @@ def test_every_committed_run_keeps_its_folder_name():
     paper = {"fashion_mnist_lenet-none-seed0-af43b365ee43", "fashion_mnist_lenet-none-seed1-c7c47db04341"}  # the paper-budget grid's
     assert {LotteryConfig(preset_for("fashion_mnist", "paper"), "none", {}, s).run_name for s in (0, 1)} == paper
     assert n > 80
+
+
+def test_a_dataset_and_its_setup_are_one_declaration(tmp_path):
+    "A dataset declared with its preset: its grid, budgets, label and figure follow, and a grid on it trains; a missing budget is an error at the declaration."
+    import dataclasses
+    from lottery_nb.data import DATASETS, get_spec
+    from lottery_nb import presets
+    from lottery_nb.figures import _figures, figure_label
+    spec = dataclasses.replace(get_spec("digits"), name="digits2", label="digits, again", figure=None)
+    try:
+        presets.declare(presets.Preset("digits2_lenet", spec, "lenet_300_100", "adam", 1e-3, 40, 60, **presets.LENET_PRUNING),
+                        standard={}, quick=dict(epochs=5, rounds=1), smoke=dict(epochs=2, rounds=1))
+        assert presets.DATASET_PRESETS["digits2"] == "digits2_lenet" and presets.preset_for("digits2", "quick").epochs == 5
+        figures, titles = _figures()
+        assert figures["calibration_digits2"][0] == ("digits2",) and "digits2" in figures["fig05_accuracy"][0]
+        assert figure_label("digits2") == "digits, again, LeNet-300-100"
+        runs = run_grid(Grid(["digits2"], ["none"], [0], "smoke"), "digits2", tmp_path, RunContext(progress=False))
+        assert [len(r.finished_rounds()) for r in runs] == [2]
+        with pytest.raises(TypeError, match="smoke"):  # a budget left out: refused at the declaration, never a silent default
+            presets.declare(presets.Preset("digits3_lenet", "digits2", "lenet_300_100", "adam", 1e-3, 40, 60), standard={}, quick={}, grid=False)
+    finally:
+        for d in (DATASETS, presets.DECLARED, presets.PRESETS, presets.DATASET_PRESETS, *presets.BUDGETS.values()):
+            for k in ("digits2", "digits2_lenet"): d.pop(k, None)

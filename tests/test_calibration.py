@@ -268,3 +268,23 @@ def test_get_strategy_errors_and_defaults():
     assert get_strategy("vwcc").stochastic and get_strategy("lwcc_si").stochastic
     assert not any(get_strategy(n).stochastic for n in ("none", "mixup", "mda", "lwcc", "nba"))
     assert get_strategy("vwcc", T=3).hparams == {"T": 3}
+
+
+def test_a_strategy_is_one_declaration(monkeypatch):
+    "A subclass of Strategy with a name is in the registry, the groups, the CLI's choices and the figures' styles; without a label or colour it is refused where it is declared."
+    from dataclasses import dataclass
+    from typing import ClassVar
+    import lottery_nb.calibration as calibration
+    from lottery_nb.data import LotteryError
+    monkeypatch.setattr(calibration, "STRATEGIES", dict(calibration.STRATEGIES))  # restored after the test
+    @dataclass(repr=False)
+    class LabelSmoothing(calibration.Strategy):
+        name: ClassVar[str] = "ls"; label: ClassVar[str] = "Label smoothing"; color: ClassVar[str] = "#7f7f7f"
+        eps: float = 0.1
+        def loss(self, model, x, y): return F.cross_entropy(model(x), y, label_smoothing=self.eps)
+    assert calibration.STRATEGIES["ls"] is LabelSmoothing and "ls" in calibration.strategy_names("all")
+    assert calibration.get_strategy("ls", eps=0.2).eps == 0.2 and "ls" not in calibration.strategy_names("paper")
+    with pytest.raises(LotteryError, match="label or colour"):
+        class Unstyled(calibration.Strategy): name: ClassVar[str] = "unstyled"
+    with pytest.raises(LotteryError, match="declared twice"):
+        class Again(calibration.Strategy): name: ClassVar[str] = "ls"; label: ClassVar[str] = "x"; color: ClassVar[str] = "red"

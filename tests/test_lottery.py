@@ -224,7 +224,7 @@ def test_a_changed_strategy_default_never_resumes_a_folder_made_with_the_old_one
     files = {p: p.read_bytes() for p in old.path.rglob("*") if p.is_file() and p.name != ".lock"}
     assert json.loads((old.path / "config.json").read_text())["config"]["strategy_hparams"] == {}  # as the first runs
     assert json.loads((old.path / "config.json").read_text())["resolved"] == {"strategy_hparams": {"form": "convex"}, "model_dropout": 0.0}
-    monkeypatch.setitem(calibration.DATASET_DEFAULTS, "lwcc", {"digits": {"form": "additive"}})  # a default changed in code
+    monkeypatch.setattr(calibration.LWCC, "dataset_defaults", {"digits": {"form": "additive"}})  # a default changed in code
     with pytest.raises(RunDirError, match="form"): run_lottery("digits_lenet", "lwcc", rounds=1, out_dir=tmp_path, **SMOKE)
     assert {p: p.read_bytes() for p in files} == files  # the old folder untouched
     new = run_lottery("digits_lenet", "lwcc", rounds=0, out_dir=tmp_path, strategy_hparams={"form": "additive"}, **SMOKE)
