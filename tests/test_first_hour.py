@@ -74,7 +74,7 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(tmp_path):
     out = tmp_path / "runs"
     with background_cli("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smoke", "--set", "epochs=100",
                         "--rounds", "0", "--out", str(out), "--quiet") as proc:
-        wait_until(lambda: list(out.glob("*/round_00/checkpoint.pt")), proc, "an epoch checkpoint")
+        wait_until(lambda: list(out.glob("*/round_00/checkpoint.pt")) and list(out.glob("*/progress.json")), proc, "an epoch checkpoint")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

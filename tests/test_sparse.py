@@ -478,7 +478,7 @@ def test_sparse_view_gives_one_point_per_sparsity_whatever_each_seed_drew(with_c
     "With the official Bernoulli draw the weights remaining differ by seed (9.91, 10.04, ...): the figure still averages the seeds at each sparsity asked for (from the column, or from the run's name in tables written before it)."
     import pandas as pd
     from lottery_nb.figures import sparse_figure
-from lottery_nb.tables import sparse_view
+    from lottery_nb.tables import sparse_view
     rows = [dict(dataset="mnist", preset="mnist_lenet", strategy="none", kind="sparse", method=m, seed=s, remaining=100 * (1 - sp) + 0.1 * (s - 1),
                  run=f"mnist_lenet-{m}-sparsity{sp:g}-seed{s}-abc", target_sparsity=sp, accuracy=0.9, ece=0.02, nll=0.3, brier=0.1)
             for m in ("rigl", "cigl") for sp in (0.9, 0.95) for s in (0, 1, 2)]
