@@ -193,7 +193,7 @@ CONTROLS = tuple(n for n, c in STRATEGIES.items() if c.controls)           # our
 assert PAPER_STRATEGIES == ("none", "vwcc", "mixup", "mda", "lwcc", "lwcc_si", "nba") and len(CONTROLS) == 4
 
 def strategy_groups() -> dict[str, tuple[str, ...]]:
-    "The names a strategy list may use for several strategies: `paper`, `controls`, and `all` (every strategy declared so far)."
+    "The names a strategy list may use for several strategies: `paper`, `controls`, and `all` (every strategy declared)."
     return {"paper": tuple(n for n, c in STRATEGIES.items() if c.paper and not c.controls), "controls": tuple(n for n, c in STRATEGIES.items() if c.controls),
             "all": tuple(STRATEGIES)}
 
