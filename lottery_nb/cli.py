@@ -204,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if next((a for a in argv if not a.startswith("-")), None) not in COMMANDS:  # help, version or a mistake: no PyTorch needed
         parser = _light_parser(); parser.parse_args(argv); parser.print_help(); return 0
-    args = build_parser().parse_args(argv)
+    command = next(a for a in argv if not a.startswith("-"))
+    p, sub = _top_parser()
+    PARSERS[command](sub)  # that command's options only: `status` imports no PyTorch, `run` nothing of `reproduce`
+    args = p.parse_args(argv)
     try: args.func(args)
     except (CLIError, _error_type()) as e:  # what the user asked for; anything else is a bug and keeps its traceback
         print(f"lottery_nb: error: {e}", file=sys.stderr)
@@ -218,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _resume_hint() -> str:
     "Where the same command picks up again: the last epoch checkpoint this process wrote, if any."
-    from lottery_nb.runs import LAST_CHECKPOINT as c
+    runs = sys.modules.get("lottery_nb.runs")  # not imported: no epoch was trained
+    c = runs.LAST_CHECKPOINT if runs is not None else {}
     if not c: return "nothing was lost: the same command resumes where the work stopped (finished rounds and epoch checkpoints are kept)"
     return (f"the same command resumes round {c['round']} after epoch {c['epoch']} of {c['epochs']} ({c['run']}); "
             "finished rounds are kept")

@@ -17,7 +17,7 @@ __all__ = ['CLIError', 'demo_config', 'cmd_demo', 'parse_overrides', 'cmd_run', 
 
 # %% ../nbs/11_commands.ipynb #5cd78992
 def _error_type():
-    from lottery_nb.data import LotteryError
+    from lottery_nb.errors import LotteryError
     return LotteryError
 
 class CLIError(Exception):

@@ -16,13 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fastcore.basics import patch
-import torch
 
 try: import fcntl  # POSIX file locks; without them (Windows) runs are not locked
 except ImportError: fcntl = None
 
 import lottery_nb
-from .data import LotteryError
+from .errors import LotteryError
 
 # %% auto #0
 __all__ = ['LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'DAMAGE_FIXES', 'STATUS_METRICS', 'RunDirError', 'atomic_write',
@@ -45,11 +44,14 @@ def atomic_write(path: Path, write) -> Path:
         if tmp.exists(): tmp.unlink()
     return path
 
-def save_torch(obj, path: Path) -> Path: return atomic_write(path, lambda f: torch.save(obj, f))
+def save_torch(obj, path: Path) -> Path:
+    import torch  # here, not at the top: `lottery_nb status` reads a run folder without PyTorch
+    return atomic_write(path, lambda f: torch.save(obj, f))
 def save_json(obj, path: Path) -> Path: return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 def load_torch(path: Path, what: str, fix: str):
     "Load a torch file, or say in one message that it is unreadable and what to do."
+    import torch
     try: return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise RunDirError(f"{what} {path} is unreadable ({type(e).__name__}); it is probably corrupt. {fix}") from None
@@ -65,8 +67,9 @@ def set_aside(path: Path) -> Path:
     return Path(path).replace(Path(path).with_name(Path(path).name + ".unreadable"))
 
 def versions() -> dict:
-    import numpy, torchvision
-    return {"lottery_nb": lottery_nb.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    import numpy, torch
+    from importlib.metadata import version  # torchvision's version without importing it
+    return {"lottery_nb": lottery_nb.__version__, "torch": torch.__version__, "torchvision": version("torchvision"),
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 # %% ../nbs/05b_store.ipynb #3a68069a
@@ -239,7 +242,9 @@ def run_status(out_dir) -> list[dict]:
             at, r = run.progress() or {}, int(ck[-1].parent.name[6:])
             if at.get("round") == r: row["in progress"] = f"{ck[-1].parent.name}, epoch {at['epoch']}/{at['epochs']}"  # no checkpoint loaded
             else:
-                try: row["in progress"] = f"{ck[-1].parent.name}, epoch {torch.load(ck[-1], weights_only=False, mmap=True)['epoch']}/{c['preset']['epochs']}"
+                try:
+                    import torch  # only when progress.json is not the round's: a checkpoint is read (memory-mapped) for its epoch
+                    row["in progress"] = f"{ck[-1].parent.name}, epoch {torch.load(ck[-1], weights_only=False, mmap=True)['epoch']}/{c['preset']['epochs']}"
                 except Exception: row["in progress"] = f"{ck[-1].parent.name} (unreadable checkpoint)"
         if done:
             last = json.loads((run.round_dir(done[-1]) / "metrics.json").read_text())

@@ -172,6 +172,20 @@ def test_help_starts_without_importing_pytorch():
     assert "reproduce" in r.stdout and "status" in r.stdout  # every command still listed
 
 
+def test_each_command_imports_only_what_it_uses(tmp_path):
+    "`status` reads run folders without PyTorch; `run` on digits trains without torchvision, matplotlib or papermill (nothing of the figures or the reproduction)."
+    import subprocess, sys
+    run_lottery("digits_lenet", "none", rounds=0, budget="smoke", out_dir=tmp_path / "runs", ctx=RunContext(progress=False))
+    code = ("import sys, lottery_nb.cli as c\n"
+            f"assert c.main(['status', {str(tmp_path / 'runs')!r}]) == 0\n"
+            "print('after status:', sorted(m for m in ('torch', 'torchvision', 'numpy', 'pandas') if m in sys.modules))\n"
+            f"assert c.main(['run', '--preset', 'digits_lenet', '--budget', 'smoke', '--rounds', '0', '--out', {str(tmp_path / 'more')!r}, '--quiet']) == 0\n"
+            "print('after run:', sorted(m for m in ('torchvision', 'matplotlib', 'papermill', 'seaborn') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "after status: []" in r.stdout and "after run: []" in r.stdout, r.stdout
+
+
 def test_a_finished_run_says_so_instead_of_reprinting(tmp_path):
     first = cli(*RUN, "--out", str(tmp_path))
     assert first.returncode == 0 and "accuracy" in first.stdout
