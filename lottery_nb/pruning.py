@@ -58,15 +58,20 @@ class MaskedTraining(RoundMethod):
 
     @torch.no_grad()
     def refresh(self):
-        "Rebuild the float masks from the boolean ones (after changing those in place) and zero the pruned weights."
-        self._params = [p for p, _ in self.pairs]
-        self._masks = [torch.empty_like(p).copy_(m) for p, m in self.pairs]  # p's dtype and memory format
+        "Rebuild the float masks from the boolean ones (after changing those in place) and zero the pruned weights; a mask that keeps every weight costs nothing."
+        pruned = [(p, m) for p, m in self.pairs if not bool(m.all())]
+        self._params = [p for p, _ in pruned]
+        self._masks = [torch.empty_like(p).copy_(m) for p, m in pruned]  # p's dtype and memory format
         self.apply()
 
     @torch.no_grad()
     def apply(self):
         "Set the pruned weights to zero."
-        torch._foreach_mul_(self._params, self._masks)
+        if self._params: torch._foreach_mul_(self._params, self._masks)
+
+    def attach(self, optimizer, loader, epochs: int):
+        "An optimiser whose update of a zero weight with a zero gradient is exactly zero (Adam, AdamW, SGD) needs no masking of the weights after its steps."
+        self._weights_stay_zero = type(optimizer) in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
     @torch.no_grad()
     def before_step(self):
@@ -75,8 +80,8 @@ class MaskedTraining(RoundMethod):
         if pairs: torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
     def after_step(self):
-        "Call after each optimiser step: the pruned weights back to exactly zero."
-        self.apply()
+        "Call after each optimiser step: the pruned weights back to exactly zero (skipped where `attach` showed the step cannot move them)."
+        if not getattr(self, "_weights_stay_zero", False): self.apply()
 
     def remove(self): "Nothing to take off (no hooks)."
 
