@@ -25,10 +25,10 @@ from .data import BatchLoader, InMemoryDataset, LotteryError, get_spec
 from .models import get_model, pruning_exclusions
 from .pruning import MaskedTraining, full_mask, prune
 from .runs import RunContext, use_channels_last
-from .training import evaluate, fit, get_device, make_optimizer
+from .training import compute_settings, evaluate, fit, get_device, make_optimizer, onednn_matmul_is_exact
 
 # %% auto #0
-__all__ = ['Measure', 'alternate', 'fake_data', 'masked_epoch', 'bare_epoch', 'bench_trainer', 'bench_strategies',
+__all__ = ['Measure', 'alternate', 'fake_data', 'masked_epoch', 'bare_epoch', 'bench_trainer', 'bench_matmul', 'bench_strategies',
            'bench_evaluation', 'bench_pruning', 'bench_compile']
 
 # %% ../nbs/12_bench.ipynb #fdfa4c88
@@ -71,10 +71,11 @@ def fake_data(dataset: str, n: int, device="cpu", seed: int = 0) -> InMemoryData
     return InMemoryDataset(x, torch.randint(0, spec.num_classes, (n,), generator=g), spec).to(device)
 
 # %% ../nbs/12_bench.ipynb #d8b72e33
-def masked_epoch(model: nn.Module, loader, optimizer, **kw):
-    "One `fit` epoch under `MaskedTraining` with a full mask: the work of a pruning round's epoch."
-    mt = MaskedTraining(model, full_mask(model))
-    before = getattr(mt, "before_step", None)  # (older checkouts, which the benchmark also measures, had no before_step)
+def masked_epoch(model: nn.Module, loader, optimizer, mask=None, **kw):
+    "One `fit` epoch under `MaskedTraining` with `mask` (default: a full one, as round 0 trains): the work of a pruning round's epoch."
+    mt = MaskedTraining(model, full_mask(model) if mask is None else mask)
+    if hasattr(mt, "attach"): mt.attach(optimizer, loader, 1)  # (older checkouts, which the benchmark also measures, had neither
+    before = getattr(mt, "before_step", None)                  #  attach nor before_step)
     try: fit(model, loader, 1, optimizer, before_step=before, after_step=mt.after_step, progress=False, **kw)
     finally: mt.remove()
 
@@ -104,13 +105,27 @@ def bench_trainer(n: int = 12_000, batch_size: int = 60, repeat: int = 5, device
     dev = get_device(device)
     model, loader, opt = _lenet_job(n, batch_size, dev)
     default, g = torch.optim.Adam(model.parameters(), 1e-4), torch.Generator().manual_seed(0)
+    pruned = prune(model, full_mask(model), 0.8)  # the weights are not touched: each masked epoch zeroes them itself
     t = alternate({"bare": lambda: bare_epoch(model, loader.data, batch_size, opt, g),
                    "fit": lambda: fit(model, loader, 1, opt, progress=False), "masked": lambda: masked_epoch(model, loader, opt),
+                   "pruned": lambda: masked_epoch(model, loader, opt, pruned),
                    "default": lambda: fit(model, loader, 1, default, progress=False)}, repeat)
-    per = f"{n} samples, batch {batch_size}"
-    return [Measure("trainer throughput vs bare loop", t["bare"] / t["fit"], t["fit"], t["bare"], target=">= 0.95", device=dev.type, note=per),
-            Measure("trainer + mask throughput vs bare loop", t["bare"] / t["masked"], t["masked"], t["bare"], device=dev.type, note=per),
+    per, m = f"{n} samples, batch {batch_size}", dict(target=">= 0.95", device=dev.type)
+    return [Measure("trainer throughput vs bare loop", t["bare"] / t["fit"], t["fit"], t["bare"], note=per, **m),
+            Measure("trainer + round 0's mask throughput vs bare loop", t["bare"] / t["masked"], t["masked"], t["bare"], note=per, **m),
+            Measure("trainer + 80%-pruned mask throughput vs bare loop", t["bare"] / t["pruned"], t["pruned"], t["bare"], note=per, **m),
             Measure("fused Adam vs PyTorch's default: epoch speed-up", t["default"] / t["fit"], t["fit"], t["default"], device=dev.type, note=per)]
+
+# %% ../nbs/12_bench.ipynb #271e4351
+def bench_matmul(n: int = 6_000, batch_size: int = 60, repeat: int = 5) -> Measure:
+    "A LeNet-300-100 epoch with float32 products through oneDNN against PyTorch's default route, on the CPU."
+    name, (model, loader, opt) = "LeNet epoch: oneDNN matmul vs default route, speed-up", _lenet_job(n, batch_size)
+    def epoch(route: str):
+        with compute_settings(matmul=route): fit(model, loader, 1, opt, progress=False)
+    try: t = alternate({"default": lambda: epoch("default"), "onednn": lambda: epoch("onednn")}, repeat)
+    except LotteryError as e: return Measure(name, float("nan"), float("nan"), float("nan"), note=str(e))  # PyTorch without the switch
+    auto = "oneDNN" if onednn_matmul_is_exact() else "the default route (oneDNN is not exact here, or not different)"
+    return Measure(name, t["default"] / t["onednn"], t["onednn"], t["default"], note=f"{n} samples, batch {batch_size}; 'auto' takes {auto}")
 
 # %% ../nbs/12_bench.ipynb #cea4a680
 def bench_strategies(n: int = 6_000, batch_size: int = 60, repeat: int = 3, device="cpu", T: int = 5,

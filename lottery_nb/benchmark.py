@@ -27,12 +27,12 @@ from .pruning import MaskedTraining, full_mask, prune
 from .runs import RunContext, use_channels_last
 from .training import evaluate, fit, get_device, make_optimizer
 
-from .bench import (Measure, _lenet_job, alternate, bench_compile, bench_evaluation, bench_pruning, bench_strategies,
-                              bench_trainer, fake_data, masked_epoch)
+from .bench import (Measure, _lenet_job, alternate, bench_compile, bench_evaluation, bench_matmul, bench_pruning,
+                              bench_strategies, bench_trainer, fake_data, masked_epoch)
 
 # %% auto #0
-__all__ = ['CHILDREN', 'BENCH_PARTS', 'child_memory', 'bench_memory', 'bench_threads', 'bench_sweep', 'bench_gpu_resnet',
-           'run_bench', 'format_table']
+__all__ = ['CHILDREN', 'MAIN_JOB', 'QUICK_JOB', 'BENCH_PARTS', 'child_memory', 'bench_memory', 'bench_threads', 'bench_sweep',
+           'time_job', 'bench_main_job', 'bench_gpu_resnet', 'run_bench', 'format_table']
 
 # %% ../nbs/12a_benchmark.ipynb #90723598
 def _status_mib(field: str) -> float | None:
@@ -110,6 +110,33 @@ def bench_sweep(epochs: int = 150, repeat: int = 1) -> Measure:
     return Measure("sweep throughput, 2 workers vs 1", t["1"] / t["2"], t["2"], t["1"],
                    note=f"4 digits runs x 2 rounds x {epochs} epochs; {usable_cores()} cores")
 
+# %% ../nbs/12a_benchmark.ipynb #d3c32339
+MAIN_JOB = ("reproduce", "--budget", "quick", "--datasets", "digits", "--seeds", "0", "1")  # the README's main job
+QUICK_JOB = ("reproduce", "--budget", "quick", "--datasets", "digits", "--strategies", "none", "lwcc", "--seeds", "0")
+
+def time_job(args=MAIN_JOB, busy_cores: int = 0) -> float:
+    "Seconds of `lottery_nb *args` in a fresh process (output to a temporary folder) while `busy_cores` processes spin."
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy_cores)]
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", "import sys; from lottery_nb.cli import main; sys.exit(main(sys.argv[1:]))",
+                                  *args, "--out", d, "--quiet"], capture_output=True, text=True)
+            if out.returncode: raise LotteryError(f"lottery_nb {' '.join(args)} failed: {out.stderr.strip()[-500:]}")
+            return time.perf_counter() - t
+    finally:
+        for p in busy: p.kill(); p.wait()
+
+# %% ../nbs/12a_benchmark.ipynb #5af1e694
+def bench_main_job(args=MAIN_JOB) -> list[Measure]:
+    "The main job with one core kept busy by another process, against the job alone; and its time alone against 3 minutes."
+    from lottery_nb.grid import usable_cores
+    idle, shared = time_job(args), time_job(args, busy_cores=1)
+    job, cores = "lottery_nb " + " ".join(args), usable_cores()
+    return [Measure("main job: one core busy vs idle", shared / idle, shared, idle, target="<= 2", note=f"{job}; {cores} cores"),
+            Measure("main job idle vs 3 minutes", idle / 180, idle, 180.0, target="<= 1" if args == MAIN_JOB and cores == 2 else "",
+                    note=f"{job}; {cores} cores")]
+
 # %% ../nbs/12a_benchmark.ipynb #f2f68ad0
 def bench_gpu_resnet(device="cuda", repeat: int = 10, compile: bool = True) -> list[Measure]:
     "ResNet-18 training step at batch 128 on CUDA: float32, bf16 autocast, + channels-last, + `torch.compile`; peak memory."
@@ -147,18 +174,20 @@ def bench_gpu_resnet(device="cuda", repeat: int = 10, compile: bool = True) -> l
     return out
 
 # %% ../nbs/12a_benchmark.ipynb #9bf7e491
-BENCH_PARTS = ("trainer", "strategies", "evaluation", "pruning", "compile", "memory", "sweep")
+BENCH_PARTS = ("trainer", "matmul", "strategies", "evaluation", "pruning", "compile", "memory", "sweep", "mainjob")
 
 def _parts(dev, quick: bool) -> tuple[dict, dict]:
     "What each part measures on the CPU, and on `dev` (CUDA)."
     r, n = (2 if quick else 5), (6_000 if quick else 12_000)
     cpu = {"trainer": lambda: bench_trainer(n, repeat=2 * r),  # steps of ~1 ms: the ratio of the best of 10 is steadier
+           "matmul": lambda: [bench_matmul(n // 2, repeat=r + 2)],
            "strategies": lambda: bench_strategies(n // 2, repeat=r + 2),
            "evaluation": lambda: [bench_evaluation(n, repeat=r)],
            "pruning": lambda: [bench_pruning(repeat=max(2, r - 2))],
            "compile": lambda: [bench_compile(n // 2, repeat=r)],
            "memory": bench_memory,
-           "sweep": lambda: [bench_threads(n // 2, repeat=r), bench_sweep(40 if quick else 150)]}
+           "sweep": lambda: [bench_threads(n // 2, repeat=r), bench_sweep(40 if quick else 150)],
+           "mainjob": lambda: bench_main_job(QUICK_JOB if quick else MAIN_JOB)}
     gpu = {"trainer": lambda: bench_trainer(12_000, repeat=2 * r, device=dev),
            "strategies": lambda: bench_strategies(6_000, repeat=r, device=dev)
                          + bench_strategies(128 * 20, 128, repeat=r, device=dev, model="resnet18", dataset="cifar10"),

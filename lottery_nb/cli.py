@@ -32,8 +32,8 @@ def _yes_no(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected yes or no, got {s}")
 
 # %% ../nbs/11a_cli.ipynb #00124b93
-CONTEXT_OPTIONS = ("device", "data_root", "download", "progress", "channels_last")  # of every command that trains
-_KIND = {"str": str, "str | None": str, "int": _positive_int, "bool | None": _yes_no}
+CONTEXT_OPTIONS = ("device", "data_root", "download", "progress", "channels_last", "threads", "matmul")  # of every command that trains
+_KIND = {"str": str, "str | None": str, "int": _positive_int, "int | None": _positive_int, "bool | None": _yes_no}
 
 def _add_context(p: argparse.ArgumentParser, names=CONTEXT_OPTIONS):
     "Options for the `RunContext` fields `names`, each with its field's comment as help (`progress` as `--quiet`)."
@@ -179,7 +179,7 @@ def _bench_parser(sub):
                        description="Measures the project's code against plain PyTorch doing the same work in the same process; "
                                    "every figure is a ratio. Prints a table and writes it as JSON.")
     b.add_argument("--out", default="bench.json", help="JSON file to write (default: bench.json)")
-    b.add_argument("--quick", action="store_true", help="fewer repeats and smaller workloads (about a minute)")
+    b.add_argument("--quick", action="store_true", help="fewer repeats and smaller workloads (a few minutes)")
     b.add_argument("--only", nargs="+", metavar="PART", help="only these parts: " + ", ".join(BENCH_PARTS))
     _add_context(b, ("device", "progress"))
     b.set_defaults(func=cmd_bench)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['CLIError', 'demo_config', 'cmd_demo', 'parse_overrides', 'cmd_run', 'cmd_status', 'cmd_transfer', 'cmd_sparse',
-           'cmd_reproduce', 'cmd_bench']
+           'cmd_reproduce', 'cmd_bench', 'caveats']
 
 # %% ../nbs/11_commands.ipynb #5cd78992
 def _error_type():
@@ -104,8 +104,9 @@ def cmd_run(args):
     if run.finished():
         run.run()  # checks the folder's configuration, repairs metrics.csv
         print(f"already finished: {run.dir.path} ({len(run.rounds)} rounds); its metrics are in metrics.csv (`lottery_nb status {args.out}`)")
-        return run.dir
-    return _report_run(run.run(), ["round", "remaining", "accuracy", "ece", "nll", "brier", "seconds"])
+    else: _report_run(run.run(), ["round", "remaining", "accuracy", "ece", "nll", "brier", "seconds"])
+    _print_caveats(args.budget, len(run.rounds) - 1)
+    return run.dir
 
 def cmd_status(args):
     "A table of the runs under a folder; below it, each damaged file and what to do."
@@ -134,7 +135,9 @@ def cmd_sparse(args):
     overrides, hparams = parse_overrides(args.set)
     if hparams: raise CLIError("--set strategy.* does not apply to sparse training")
     run = run_sparse(args.preset, args.method, args.sparsity, args.seed, args.out, args.budget, _context(args), **overrides)
-    return _report_run(run, ["remaining", "accuracy", "ece", "ece_10", "mce", "nll", "brier", "confidence", "seconds"])  # ece_10: CigL's 10 bins
+    _report_run(run, ["remaining", "accuracy", "ece", "ece_10", "mce", "nll", "brier", "confidence", "seconds"])  # ece_10: CigL's 10 bins
+    _print_caveats(args.budget)
+    return run
 
 # %% ../nbs/11_commands.ipynb #79e2e005
 def cmd_reproduce(args):
@@ -146,6 +149,7 @@ def cmd_reproduce(args):
     if paths["already_finished"]: print(f"already finished: every run of this grid is done and {paths['summary']} is up to date (delete it to draw the figures again)\n")
     print(paths["summary"].read_text())
     print(f"figures: {paths['figures']}\nresults: {paths['results']}\nexecuted notebooks: {paths['notebooks']}")
+    _print_caveats(args.budget, args.rounds)
     return paths
 
 def cmd_bench(args):
@@ -155,6 +159,18 @@ def cmd_bench(args):
     print(format_table(result))
     print(f"written: {args.out}")
     return result
+
+def caveats(budget: str, rounds: int | None = None) -> list[str]:
+    "What a reader of the printed numbers must be told: that a smoke budget checks the plumbing, and that nothing was pruned."
+    notes = []
+    if budget == "smoke": notes.append("note: the smoke budget checks that everything runs, not the method: a few epochs on a small subset, so "
+                                       "its metrics and dead classes say nothing about a strategy; --budget quick or "
+                                       "standard gives numbers to read")
+    if rounds == 0: notes.append("note: with --rounds 0 only the dense round 0 is trained: nothing was pruned (--rounds N adds N pruning rounds)")
+    return notes
+
+def _print_caveats(budget: str, rounds: int | None = None):
+    for line in caveats(budget, rounds): print(line)
 
 def _report_run(run, cols: list[str], label: str = "run directory"):
     "What `run`, `transfer` and `sparse` print at the end: the rounds' metrics and where the run is."

@@ -118,9 +118,9 @@ def _quiet_on_ctrl_c():
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 # %% ../nbs/10_grid.ipynb #eefb11a1
-def _run_pool(jobs: list[tuple[str, Callable, dict]], workers: int, retries: int) -> list:
-    "`jobs` on a pool of `workers` spawned processes; a pool broken by a dying worker is replaced and its unfinished jobs rerun."
-    threads, results, todo = max(1, usable_cores() // workers), {}, list(range(len(jobs)))
+def _run_pool(jobs: list[tuple[str, Callable, dict]], workers: int, threads: int | None, retries: int) -> list:
+    "`jobs` on a pool of `workers` spawned processes of `threads` PyTorch threads; a pool broken by a dying worker is replaced and its unfinished jobs rerun."
+    results, todo = {}, list(range(len(jobs)))
     for attempt in range(retries + 1):
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_on_ctrl_c) as pool:
             futures = {i: pool.submit(_call, jobs[i][1], jobs[i][2], threads) for i in todo}
@@ -135,15 +135,15 @@ def _run_pool(jobs: list[tuple[str, Callable, dict]], workers: int, retries: int
                           "checkpoints are kept: run the same command again to resume (with fewer --workers if memory ran out)")
 
 def run_jobs(jobs: list[tuple[str, Callable, dict]], ctx: RunContext | None = None, retries: int = 3) -> list:
-    "Run each `(name, function, kwargs)` in this process, on `ctx.workers` local processes, or on the Dask cluster at `ctx.scheduler`; results in order."
+    "Run each `(name, function, kwargs)` on `ctx.workers` local processes (None: one per core), in this process (1), or on the Dask cluster at `ctx.scheduler`; results in order."
     ctx = ctx or RunContext()
-    workers, scheduler = ctx.workers, ctx.scheduler
+    workers, scheduler = ctx.workers or min(usable_cores(), len(jobs)), ctx.scheduler
     if scheduler is not None:
         with dask_client(scheduler) as client:
             futures = [client.submit(_call, fn, kw, key=f"lottery_nb-{name}", pure=False, retries=retries) for name, fn, kw in jobs]
             return client.gather(futures)
     if workers == 1 or len(jobs) <= 1: return [fn(**kw) for _, fn, kw in jobs]
-    return _run_pool(jobs, workers, retries)
+    return _run_pool(jobs, workers, ctx.threads, retries)
 
 # %% ../nbs/10_grid.ipynb #36de7d4e
 def _run(run: Run) -> RunDir: return run.run()

@@ -169,8 +169,8 @@ def cross_fit_temperature(probs, labels, seed: int = 0) -> tuple[torch.Tensor, t
     return out, (t_a, t_b)
 
 # %% ../nbs/02_metrics.ipynb #aea8f2c8
-def reliability_diagram(probs, labels=None, ax=None, n_bins: int = 15, title: str | None = None):
-    "Accuracy and gap per confidence bin over the diagonal, and the confidence histogram in a strip below; `probs` may be a `BinStats`."
+def reliability_diagram(probs, labels=None, ax=None, n_bins: int = 15, title: str | None = None, legend: bool = True):
+    "Accuracy and gap per confidence bin over the diagonal, and the confidence histogram in a strip below; `probs` may be a `BinStats`; `legend=False` leaves the legend to a figure of many panels."
     import matplotlib.pyplot as plt
     from mpl_toolkits.axes_grid1 import make_axes_locatable
     if ax is None: _, ax = plt.subplots(figsize=(4.2, 4.2))
@@ -186,9 +186,10 @@ def reliability_diagram(probs, labels=None, ax=None, n_bins: int = 15, title: st
     ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=title or "reliability diagram")
     ax.text(0.03, 0.97, f"ECE {r['ece']:.3f}\nacc {r['accuracy']:.3f}", transform=ax.transAxes, va="top",
             bbox=dict(boxstyle="round", fc="white", ec="0.7"))
-    ax.legend(loc="lower right", fontsize="small")
-    hist = make_axes_locatable(ax).append_axes("bottom", size="22%", pad=0.08, sharex=ax)
+    hist = make_axes_locatable(ax).append_axes("bottom", size="22%", pad=0.2, sharex=ax)  # pad: tick labels clear
     hist.bar(lo, share.numpy(), width=width, align="edge", color="0.6", edgecolor="k", lw=0.3)
-    hist.set(xlabel="confidence", ylabel="share")
+    hist.set(xlabel="confidence", ylabel="share", ylim=(0, 1), yticks=[0, 1])  # one scale in every panel
+    if legend: hist.legend(*ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, -0.62), ncol=2, fontsize="small",
+                frameon=False)  # below the panel, clear of the bars
     ax.tick_params(labelbottom=False)
     return ax

@@ -5,6 +5,7 @@
 # %% ../nbs/05c_repair.ipynb #fc4c615b
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import torch
 from .store import RunDir, RunDirError, load_torch, save_json, save_torch, set_aside, torch_file_intact
 
 # %% auto #0
-__all__ = ['REBUILT_BY_RUN', 'note', 'needs_repair', 'report_damage', 'claim', 'rebuild_init', 'remake_mask', 'rebuild_metrics',
-           'set_aside_checkpoint']
+__all__ = ['REBUILT_BY_RUN', 'TRAINING_FIELDS', 'note', 'needs_repair', 'report_damage', 'claim', 'rebuild_init', 'remake_mask',
+           'training_fields', 'rebuild_metrics', 'set_aside_checkpoint']
 
 # %% ../nbs/05c_repair.ipynb #96c445c3
 REBUILT_BY_RUN = ("config.json", "init.pt", "metrics.json", "mask.pt")  # those the same run command rebuilds, even in a finished run
@@ -61,6 +62,16 @@ def remake_mask(runner, r: int, model):
     f = runner.dir.round_dir(r) / "mask.pt"
     if f.exists() and not torch_file_intact(f): runner.mask(r, model)
 
+TRAINING_FIELDS = {"seconds": float, "device": str, "amp": lambda v: v == "True", "channels_last": lambda v: v == "True", "matmul": str}
+
+def training_fields(run: RunDir, r: int) -> dict:
+    "What `metrics.csv` says of round `r`'s training (`TRAINING_FIELDS`): what its weights cannot tell again; {} where the row is gone."
+    try:
+        with open(run.path / "metrics.csv", newline="") as f: row = next((x for x in csv.DictReader(f) if x.get("round") == str(r)), None)
+    except (OSError, csv.Error, UnicodeDecodeError): return {}
+    try: return {k: kind(row[k]) for k, kind in TRAINING_FIELDS.items() if row and row.get(k) not in (None, "")}
+    except ValueError: return {}  # a damaged row: nothing from it
+
 def rebuild_metrics(runner, model, test_loader, exclude, dev):
     "Every unreadable metrics.json of the run computed again from its round's final weights and mask (`runner`: the `Run`)."
     for r in runner.dir.unreadable_rounds():
@@ -68,7 +79,8 @@ def rebuild_metrics(runner, model, test_loader, exclude, dev):
         mask = runner.mask(r, model)  # first: rebuilding it may load an earlier round's weights into `model`
         model.load_state_dict(load_torch(rd / "final.pt", f"trained weights of round {r}", fix))
         (rd / "metrics.json").replace(rd / "metrics.json.unreadable")
-        save_json(runner.round_record(r, model.to(dev), mask, exclude, test_loader, device=dev.type, rebuilt=True), rd / "metrics.json")
+        kept = {"device": dev.type, **training_fields(runner.dir, r), "rebuilt": True}
+        save_json(runner.round_record(r, model.to(dev), mask, exclude, test_loader, **kept), rd / "metrics.json")
         note(rd / "metrics.json", "rebuilt it from the round's saved weights")
 
 def set_aside_checkpoint(ckpt: Path, r: int):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def check_parameters(namespace: dict, notebook: str) -> dict:
     "The parameters of experiment `notebook` found in `namespace` (a notebook's globals), normalised; undeclared names and bad values refused."
     spec = notebook_parameters(notebook)
     shell = namespace["get_ipython"]() if callable(namespace.get("get_ipython")) else None
-    if shell is not None: shell.run_line_magic("xmode", "Minimal")  # an error here is one line, not a traceback
+    if shell is not None: shell.InteractiveTB.set_mode(mode="Minimal")  # an error here is one line, not a traceback (as %xmode, unannounced)
     hidden = set(getattr(shell, "user_ns_hidden", {}))
     unknown = sorted(k for k, v in namespace.items() if k not in spec and k not in hidden and not k.startswith("_")
                      and not callable(v) and type(v).__name__ != "module")
@@ -85,6 +86,8 @@ def check_parameters(namespace: dict, notebook: str) -> dict:
 # The kernel's own log (its warning about TCP without encryption on the loopback interface, its socket errors when
 # Ctrl-C stops the reproduction) is noise in a terminal; errors in the notebook's cells reach papermill, not this log.
 # What the kernel and its worker processes write to stderr goes to notebooks/kernels.log beside the executed notebooks.
+# The kernels start in that notebooks/ folder: in the caller's folder, a folder named lottery_nb (the checkout itself,
+# seen from its parent folder) would come first on the kernel's path and hide the installed package.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 def _logged_kernel_manager(log: Path):
@@ -118,7 +121,8 @@ def _grid_progress(todo: list[tuple[Path, int, int]]) -> tuple[int, str]:
         if at is None or run.done(at["round"]): continue  # no round under way (or between rounds)
         done += at["epoch"]
         when_at = (path / "progress.json").stat().st_mtime
-        if when_at > when: latest, when = f"{path.name}: round {at['round']}, epoch {at['epoch']}/{at['epochs']}", when_at
+        resumed = f" (resumed at epoch {at['resumed_at'][-1]})" if at.get("resumed_at") else ""
+        if when_at > when: latest, when = f"{path.name}: round {at['round']}, epoch {at['epoch']}/{at['epochs']}{resumed}", when_at
     return done, latest
 
 def _already_finished(out: Path, grid: Grid) -> bool:
@@ -133,8 +137,10 @@ def _already_finished(out: Path, grid: Grid) -> bool:
 def _watch(out: Path, grid: Grid, stop: threading.Event, progress: bool):
     from lottery_nb.training import tqdm
     todo = grid.folders(out)
-    total = sum((n + 1) * epochs for _, n, epochs in todo)
-    with tqdm(total=total, initial=_grid_progress(todo)[0], desc=f"grid of {len(todo)} runs", unit="epoch", disable=not progress) as bar:
+    total, initial = sum((n + 1) * epochs for _, n, epochs in todo), _grid_progress(todo)[0]
+    if initial and progress: print(f"lottery_nb: resuming the grid in {out}: {initial} of {total} epochs already trained", file=sys.stderr, flush=True)
+    desc = f"grid of {len(todo)} runs" + (", resumed" if initial else "")
+    with tqdm(total=total, initial=initial, desc=desc, unit="epoch", disable=not progress) as bar:
         while True:
             stopping = stop.wait(1.0)
             done, latest = _grid_progress(todo)
@@ -172,8 +178,9 @@ def reproduce(grid: Grid, out="repro", ctx: RunContext | None = None) -> dict:
     watcher = threading.Thread(target=_watch, args=(out, grid, stop, ctx.progress), daemon=True)
     watcher.start()
     try:
-        for notebook, copy, params in _notebooks(grid, out, where): execute(nbs / f"{notebook}.ipynb", out / "notebooks" / f"{copy}.ipynb", params)
+        for notebook, copy, params in _notebooks(grid, out, where):
+            execute(nbs / f"{notebook}.ipynb", out / "notebooks" / f"{copy}.ipynb", params, cwd=out / "notebooks")
     finally:
         stop.set(); watcher.join()
-    execute(nbs / "figures.ipynb", out / "notebooks" / "figures.ipynb", dict(runs=str(out), out=str(out)))
+    execute(nbs / "figures.ipynb", out / "notebooks" / "figures.ipynb", dict(runs=str(out), out=str(out)), cwd=out / "notebooks")
     return {**paths, "already_finished": False}

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from .metrics import evaluation_report
 from .models import get_model, official_init, pruning_exclusions
 from .pruning import Mask, MaskedTraining, RoundMethod, full_mask, remaining_percent, rewind, sparsity_report
 from .store import RunDir, load_torch, save_json, save_torch, set_aside, torch_file_intact
-from .training import (evaluate, fit, get_device, load_training_state, make_optimizer, make_scheduler,
+from .training import (MATMUL_PATHS, compute_settings, evaluate, fit, get_device, load_training_state, make_optimizer, make_scheduler,
                                  make_step_scheduler, predict, training_state)
 
 # %% auto #0
@@ -29,18 +30,23 @@ __all__ = ['LAST_CHECKPOINT', 'RunContext', 'run_data', 'build_model', 'use_amp'
 # %% ../nbs/05d_runs.ipynb #5b0e0006
 @dataclass(frozen=True)
 class RunContext:
-    "Where and how runs are computed. Nothing here changes a result, so none of it is part of a run's configuration hash."
+    "Where and how runs are computed. Nothing here changes what is computed (at most the rounding of float32 sums), so none of it is part of a run's configuration hash."
     device: str = "auto"              # 'auto' (CUDA, else MPS, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     data_root: str | None = None      # folder of the datasets in torchvision's layout (None: $LOTTERY_NB_DATA, else ~/.cache/lottery_nb/data)
     download: bool = False            # download missing datasets (needs a network)
     progress: bool = True             # progress bars
-    workers: int = 1                  # a grid's runs on this many local processes (each gets cores/workers PyTorch threads)
+    workers: int | None = None        # a grid's runs on this many local processes (None: one per usable core, at most one per run)
     scheduler: str | None = None      # a grid's runs on the Dask cluster at this address (tcp://host:port) instead
     channels_last: bool | None = None  # channels-last memory format for convolutional networks (None: on CUDA only)
+    threads: int | None = 1           # PyTorch threads of each run (None: as many as the process has); see 'Threads and processes'
+    matmul: str = "auto"              # route of float32 matrix products on the CPU: 'auto' (oneDNN where exact), 'default' or 'onednn'
 
     def __post_init__(self):
-        if isinstance(self.workers, bool) or not (isinstance(self.workers, int) and self.workers >= 1):
-            raise LotteryError(f"workers must be an integer >= 1, got {self.workers!r}")
+        for name in ("workers", "threads"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not (isinstance(v, int) and v >= 1)):
+                raise LotteryError(f"{name} must be an integer >= 1 (or None), got {v!r}")
+        if self.matmul not in MATMUL_PATHS: raise LotteryError(f"unknown matmul route {self.matmul!r}; choose from: {', '.join(MATMUL_PATHS)}")
         if self.data_root is not None: object.__setattr__(self, "data_root", str(self.data_root))
 
     def to_dict(self) -> dict: return asdict(self)
@@ -91,6 +97,7 @@ class Run:
     "One run of `cfg` in `path` (default: `out_dir`/`cfg.run_name`): `run()` resumes it or starts it. Subclasses declare what differs."
     def __init__(self, cfg, out_dir="runs", ctx: RunContext | None = None, path: Path | None = None):
         self.cfg, self.ctx, self._init = cfg, ctx or RunContext(), None
+        self.matmul = None  # the route of float32 products (compute_settings) while run() computes
         self.dir = RunDir(Path(out_dir) / cfg.run_name if path is None else path)
 
     # --- what a kind of run declares (the table above) ---
@@ -129,7 +136,8 @@ def run(self: Run) -> RunDir:
     model = build_model(cfg, strat)
     strat.check_model(model)
     repair.claim(run, cfg)  # a mismatched directory is refused before anything is touched
-    with run.lock():  # one process at a time in a run directory
+    route = ctx.matmul if dev.type == "cpu" else "default"  # (oneDNN is the CPU's)
+    with run.lock(), compute_settings(ctx.threads, route) as self.matmul:  # one process at a time in a run directory
         self.prepare(model)
         exclude = self.exclusions(model)
         test_loader = BatchLoader(test, 1000, device=dev)
@@ -185,6 +193,8 @@ class RoundTraining:
             if ck.get("method"): self.method.load_state_dict(ck["method"])
             load_training_state(ck["training"], self.model, self.optimizer, self.scheduler, self.loader)
             self.state = {**{k: ck[k] for k in ("epoch", "history", "seconds", "step")}, "resumed": ck.get("resumed", []) + [ck["epoch"]]}
+            print(f"lottery_nb: resuming round {self.r} from epoch {ck['epoch']} of {self.runner.cfg.preset.epochs} in {self.runner.dir.path}",
+                  file=sys.stderr, flush=True)
         self.step, self.t0 = self.state["step"], time.perf_counter() - self.state["seconds"]
 
     def seconds(self) -> float: return round(time.perf_counter() - self.t0, 3)
@@ -206,7 +216,8 @@ def after_epoch(self: RoundTraining, epoch: int, row: dict):
     save_torch({"training": training_state(self.model, self.optimizer, self.scheduler, self.loader), **self.state, "step": self.step,
                 "seconds": time.perf_counter() - self.t0, "method": self.method.state_dict()}, self.checkpoint)
     LAST_CHECKPOINT.update(run=str(run.path), round=self.r, epoch=epoch + 1, epochs=epochs)
-    save_json({"round": self.r, "epoch": epoch + 1, "epochs": epochs}, run.path / "progress.json")  # for a grid's progress bar
+    resumed = {"resumed_at": self.state["resumed"]} if self.state["resumed"] else {}
+    save_json({"round": self.r, "epoch": epoch + 1, "epochs": epochs, **resumed}, run.path / "progress.json")  # for a grid's progress bar
 
 @patch
 def open_round(self: Run, r: int, model, train, mask: Mask, start: dict, dev) -> RoundTraining:
@@ -246,7 +257,7 @@ def write_round(self: Run, t: RoundTraining, start: dict, mask: Mask, exclude, t
     rd = self.dir.round_dir(t.r)
     if t.late is not None and not t.late[0].exists(): save_torch(start["state"], t.late[0])  # k = 0 or beyond training: θ₀
     metrics = self.round_record(t.r, t.model, mask, exclude, test_loader, seconds=t.seconds(), device=dev.type, amp=t.amp,
-                                channels_last=t.channels_last, **({"resumed_at_epochs": t.state["resumed"]} if t.state["resumed"] else {}))
+                                channels_last=t.channels_last, matmul=self.matmul, **({"resumed_at_epochs": t.state["resumed"]} if t.state["resumed"] else {}))
     save_torch({k: v.detach().cpu() for k, v in t.model.state_dict().items()}, rd / "final.pt")
     save_json(t.state["history"], rd / "history.json")
     save_json(metrics, rd / "metrics.json")           # the round is done from here on

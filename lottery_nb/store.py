@@ -26,7 +26,7 @@ from .errors import LotteryError
 # %% auto #0
 __all__ = ['LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'DAMAGE_FIXES', 'STATUS_METRICS', 'RunDirError', 'atomic_write',
            'save_torch', 'save_json', 'load_torch', 'torch_file_intact', 'set_aside', 'versions', 'RunDir', 'find_runs',
-           'run_status']
+           'describe_config', 'run_status']
 
 # %% ../nbs/05b_store.ipynb #6503f1b1
 class RunDirError(LotteryError):
@@ -226,6 +226,16 @@ def find_runs(*folders) -> list[RunDir]:
     "Every run directory (a folder that holds a config.json) anywhere under `folders`, in sorted order."
     return [RunDir(f.parent) for folder in folders for f in sorted(Path(folder).glob("**/config.json"))]
 
+def describe_config(c: dict) -> dict:
+    "What a run trains, from its configuration: its kind, and the strategy, sparse method or transfer that defines it."
+    if "sparse" in c:
+        s = c["sparse"]
+        return {"kind": "sparse", "method": f"{s['method']}, sparsity {s['sparsity']:g}"}  # trained with plain cross-entropy
+    if "transfer" in c:
+        t = c["transfer"]
+        return {"kind": "transfer", "method": f"{t['source_strategy']} tickets, loss {t['loss']}", "target": c["preset"]["dataset"]}
+    return {"kind": "lottery", "strategy": c["strategy"]}
+
 def run_status(out_dir) -> list[dict]:
     "One row per run directory anywhere under `out_dir`: configuration, rounds done, the round in progress, the latest metrics."
     rows = []
@@ -235,8 +245,7 @@ def run_status(out_dir) -> list[dict]:
         except (RunDirError, KeyError, TypeError): rows.append({"run": name, "damaged": ", ".join(run.damaged()) or "config.json"}); continue
         done = run.finished_rounds()
         ck = sorted(run.path.glob("round_*/checkpoint.pt"))
-        row = {"run": name, "preset": c["preset"]["name"], "strategy": c["strategy"], "seed": c["seed"],
-               "rounds done": len(done), "in progress": ""}
+        row = {"run": name, "preset": c["preset"]["name"], **describe_config(c), "seed": c["seed"], "rounds done": len(done), "in progress": ""}
         if damaged := run.damaged(): row["damaged"] = ", ".join(damaged)  # `lottery_nb status` says below the table what to do
         if ck:
             at, r = run.progress() or {}, int(ck[-1].parent.name[6:])

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Iterable
 
 import torch
@@ -19,8 +20,9 @@ from .data import LotteryError
 from .metrics import calibration_report
 
 # %% auto #0
-__all__ = ['get_device', 'cross_entropy_loss', 'predict', 'evaluate', 'make_optimizer', 'make_scheduler', 'make_step_scheduler',
-           'training_state', 'load_training_state', 'fit']
+__all__ = ['MATMUL_PATHS', 'get_device', 'onednn_matmul_is_exact', 'compute_settings', 'cross_entropy_loss', 'predict',
+           'evaluate', 'make_optimizer', 'make_scheduler', 'make_step_scheduler', 'training_state',
+           'load_training_state', 'fit']
 
 # %% ../nbs/05_training.ipynb #96038815
 def get_device(device: str | torch.device = "auto") -> torch.device:
@@ -33,6 +35,45 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     if torch.cuda.is_available(): return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return torch.device("mps")
     return torch.device("cpu")
+
+# %% ../nbs/05_training.ipynb #2a0e7f2c
+MATMUL_PATHS = ("auto", "default", "onednn")  # 'auto': oneDNN where `onednn_matmul_is_exact`, else PyTorch's default
+
+def _product_error(n: int = 256) -> tuple[torch.Tensor, float]:
+    "A float32 product of two random n×n matrices, and its largest error against float64 relative to |A||B|."
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    c = a @ b
+    return c, ((c.double() - a.double() @ b.double()).abs() / (a.double().abs() @ b.double().abs())).max().item()
+
+@functools.cache
+def onednn_matmul_is_exact() -> bool:
+    "Whether `fp32_precision='bf16'` moves float32 products to oneDNN here (their result changes) at float32's precision."
+    mk = getattr(torch.backends.mkldnn, "matmul", None)
+    if mk is None or not hasattr(mk, "fp32_precision") or not torch.backends.mkldnn.is_available(): return False
+    old = mk.fp32_precision
+    try:
+        (c0, e0), _ = _product_error(), setattr(mk, "fp32_precision", "bf16")
+        c1, e1 = _product_error()
+    finally: mk.fp32_precision = old
+    return not torch.equal(c0, c1) and e1 <= 10 * e0
+
+# %% ../nbs/05_training.ipynb #0d7cefcf
+@contextlib.contextmanager
+def compute_settings(threads: int | None = None, matmul: str = "default"):
+    "Within: `threads` PyTorch threads (None: as they are) and float32 products on the `matmul` route; yields the route taken; restores both."
+    if matmul not in MATMUL_PATHS: raise LotteryError(f"unknown matmul route {matmul!r}; choose from: {', '.join(MATMUL_PATHS)}")
+    mk, old_threads = getattr(torch.backends.mkldnn, "matmul", None), torch.get_num_threads()
+    route = "onednn" if matmul == "onednn" or (matmul == "auto" and onednn_matmul_is_exact()) else "default"
+    if route == "onednn" and mk is None: raise LotteryError("matmul='onednn' needs PyTorch >= 2.9 (torch.backends.mkldnn.matmul)")
+    old = mk.fp32_precision if mk is not None else None
+    try:
+        if threads is not None: torch.set_num_threads(threads)
+        if route == "onednn": mk.fp32_precision = "bf16"
+        yield route
+    finally:
+        torch.set_num_threads(old_threads)
+        if mk is not None: mk.fp32_precision = old
 
 # %% ../nbs/05_training.ipynb #b66291cf
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

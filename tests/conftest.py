@@ -8,6 +8,10 @@ import os
 import pickle
 from pathlib import Path
 
+# One OpenMP thread in the test process and in every command it starts, as the runs have by default: on a busy
+# machine (a test suite beside other work) several spinning threads per process slow small networks down many times.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 

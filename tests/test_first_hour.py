@@ -148,6 +148,7 @@ def test_truncated_files_are_named_rebuilt_and_nothing_intact_is_lost(tmp_path):
     assert "round_01/metrics.json was unreadable; rebuilt it" in r.stderr and "Traceback" not in r.stderr
     rebuilt = json.loads((run / "round_01" / "metrics.json").read_text())
     for k in ("accuracy", "ece", "nll", "brier", "remaining", "dead_classes", "ts_ece"): assert rebuilt[k] == pytest.approx(good[k]), k
+    for k in ("seconds", "device", "amp", "channels_last", "matmul"): assert rebuilt[k] == good[k], k  # from metrics.csv: the weights cannot tell
     assert rebuilt["rebuilt"] is True and (run / "round_01" / "metrics.json.unreadable").read_text() == text[: len(text) // 2]
     assert (run / "round_01" / "final.pt").read_bytes() == final
     # a truncated metrics.csv is noticed and rebuilt by the same command, even with every round finished
@@ -288,3 +289,148 @@ def test_every_damaged_file_is_named_and_rebuilt_where_it_can_be(tmp_path, capsy
         assert json.loads(f.read_text()) == {"round": 2, "epoch": 3, "epochs": 3} and not run.damaged()
     else:
         assert f"{f} is unreadable: " in err and name in run.damaged(), err
+
+
+# --- issue 25: the second newcomer trial, on a busy machine ----------------------------------------------------
+
+def test_a_run_trains_on_one_thread_and_records_its_matmul_route(tmp_path, monkeypatch):
+    "Whatever the process's thread count, `run()` trains on one PyTorch thread (RunContext.threads) and restores the count after."
+    import torch
+    import lottery_nb.runs as runs
+    from lottery_nb.training import onednn_matmul_is_exact
+    seen, fit, before = [], runs.fit, torch.get_num_threads()
+    monkeypatch.setattr(runs, "fit", lambda *a, **k: (seen.append((torch.get_num_threads(), torch.backends.mkldnn.matmul.fp32_precision)), fit(*a, **k))[1])
+    torch.set_num_threads(2)
+    try:
+        run = run_lottery("digits_lenet", "none", rounds=1, budget="smoke", out_dir=tmp_path, ctx=RunContext(progress=False))
+        assert torch.get_num_threads() == 2  # restored
+    finally: torch.set_num_threads(before)
+    route = "onednn" if onednn_matmul_is_exact() else "default"
+    assert [t for t, _ in seen] == [1, 1] and all((p == "bf16") == (route == "onednn") for _, p in seen), seen
+    assert [m["matmul"] for m in run.round_metrics()] == [route, route]
+    assert RunContext().workers is None and RunContext().threads == 1  # the defaults: a process per core, a thread per run
+
+
+def test_a_resumed_run_says_so_and_the_grid_bar_too(tmp_path):
+    "An interrupted run, run again, says which round it resumes from which epoch; progress.json and the grid's bar say it too."
+    from lottery_nb.reproduce import _grid_progress
+    out = tmp_path / "runs"
+    with background_cli("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smoke", "--set", "epochs=100",
+                        "--rounds", "0", "--out", str(out), "--quiet") as proc:
+        wait_until(lambda: list(out.glob("*/round_00/checkpoint.pt")) and list(out.glob("*/progress.json")), proc, "an epoch checkpoint")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    with background_cli("run", "--preset", "digits_lenet", "--strategy", "none", "--budget", "smoke", "--set", "epochs=100",
+                        "--rounds", "0", "--out", str(out), "--quiet") as proc:
+        run = next(out.glob("digits_lenet-none-seed0-*"))
+        wait_until(lambda: "resumed_at" in (run / "progress.json").read_text(), proc, "progress.json of the resumed round")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    m = re.search(r"lottery_nb: resuming round 0 from epoch (\d+) of 100 in (\S+)", err)
+    assert m and Path(m.group(2)) == run, err
+    at = json.loads((run / "progress.json").read_text())
+    assert at["resumed_at"][0] == int(m.group(1))
+    assert _grid_progress([(run, 0, 100)])[1].endswith(f"(resumed at epoch {m.group(1)})")
+
+
+def test_status_says_what_each_run_trains(tmp_path):
+    "A sparse run shows its method and sparsity (not the `none` strategy it trains with), a transfer run its tickets and target."
+    from lottery_nb.sparse import run_sparse
+    from lottery_nb.transfer import run_transfer
+    ctx = RunContext(progress=False)
+    source = run_lottery("digits_a_lenet", "lwcc", rounds=1, budget="smoke", out_dir=tmp_path / "runs", ctx=ctx)
+    run_transfer(source.path, "digits_b", out_dir=tmp_path / "transfer", rounds=[1], ctx=ctx)
+    run_sparse("digits_lenet", "cigl", 0.9, 0, out_dir=tmp_path / "sparse", budget="smoke", ctx=ctx)
+    r = cli("status", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rows = {l.split()[0].split("/")[0]: l for l in r.stdout.splitlines()[1:] if l.strip()}
+    assert "lottery" in rows["runs"] and " lwcc " in rows["runs"]
+    assert "cigl, sparsity 0.9" in rows["sparse"] and " none " not in rows["sparse"], rows["sparse"]
+    assert "lwcc tickets, loss ce" in rows["transfer"] and "digits_b" in rows["transfer"].split(), rows["transfer"]
+
+
+def test_smoke_and_rounds_0_say_what_their_numbers_mean(tmp_path):
+    r = cli("run", "--preset", "digits_lenet", "--budget", "smoke", "--rounds", "0", "--out", str(tmp_path / "a"), "--quiet")
+    assert r.returncode == 0 and "checks that everything runs, not the method" in r.stdout and "nothing was pruned" in r.stdout, r.stdout
+    r = cli("sparse", "--preset", "digits_lenet", "--method", "rigl", "--sparsity", "0.9", "--budget", "smoke", "--out", str(tmp_path / "b"), "--quiet")
+    assert r.returncode == 0 and "not the method" in r.stdout and "nothing was pruned" not in r.stdout, r.stdout
+    r = cli("run", "--preset", "digits_lenet", "--budget", "quick", "--rounds", "1", "--set", "epochs=1", "--out", str(tmp_path / "c"), "--quiet")
+    assert r.returncode == 0 and "note:" not in r.stdout, r.stdout
+
+
+def test_readme_use_from_python_shows_what_the_code_returns():
+    "The README's Python example, run: the dictionary it shows has the keys `evaluate` returns, and values close to them."
+    import ast
+    section = (REPO / "README.md").read_text().split("## Use from Python")[1].split("\n## ")[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    shown = ast.literal_eval(textwrap_dedent(re.search(r"```\n\n((?: {4}.*\n)+)", section).group(1)))
+    ns, code = {}, "\n".join(blocks)
+    *body, last = code.strip().splitlines()
+    exec("\n".join(body), ns)
+    got = eval(last, ns)
+    assert list(got) == list(shown)
+    assert got == pytest.approx(shown, abs=0.05)
+
+
+def textwrap_dedent(s: str) -> str:
+    import textwrap
+    return textwrap.dedent(s)
+
+
+def test_readme_and_settings_say_what_the_software_does_not_how_it_was_built():
+    text = ((REPO / "README.md").read_text() + (REPO / "settings.ini").read_text()).lower()
+    for phrase in ("issue by issue", "being built", "build machine", "stray", "this sandbox"):
+        assert phrase not in text, phrase
+
+
+def test_the_experiment_notebooks_list_every_budget():
+    from lottery_nb.presets import BUDGET_NAMES
+    for nb in ("lottery_grid", "sparse_grid", "transfer_grid"):
+        params = json.loads((REPO / "nbs" / "experiments" / f"{nb}.ipynb").read_text())["cells"][2]
+        line = next(l for l in "".join(params["source"]).splitlines() if l.startswith("budget:"))
+        assert all(f"'{b}'" in line for b in BUDGET_NAMES), (nb, line)
+
+
+def test_gitignore_covers_every_default_output_folder():
+    "What each command writes by default (--out) is ignored by git, so a run in the checkout never shows as a change."
+    import subprocess
+    from lottery_nb.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    outs = {a.default for p in sub.choices.values() for a in p._actions if a.dest == "out" and a.default}
+    assert {"runs", "transfer", "sparse", "repro", "demo", "bench.json"} <= outs | {"bench.json"}, outs
+    for o in outs:
+        probe = f"{o}/x.json" if "." not in o else o
+        assert subprocess.run(["git", "check-ignore", "-q", probe], cwd=REPO).returncode == 0, f"{o} is not in .gitignore"
+
+
+def test_reliability_diagrams_compare_side_by_side():
+    "The confidence histograms of every panel share one scale, and the legend is drawn clear of the bars."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    from lottery_nb.metrics import reliability_diagram
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (2000,), generator=g)
+    sharp = torch.nn.functional.one_hot(labels, 10).float() * 8 + torch.randn(2000, 10, generator=g)
+    fig, axs = plt.subplots(1, 2, figsize=(9, 4.8))
+    for ax, logits in zip(axs, (sharp, sharp / 8)): reliability_diagram(torch.softmax(logits, -1), labels, ax=ax)
+    fig.canvas.draw()
+    hists = [a for a in fig.axes if a.get_ylabel() == "share"]
+    assert len(hists) == 2 and hists[0].get_ylim() == hists[1].get_ylim() == (0, 1)
+    r = fig.canvas.get_renderer()
+    for ax in axs:
+        legend = next(a.get_legend() for a in fig.axes if a.get_legend() is not None and a.get_shared_x_axes().joined(a, ax))
+        box = legend.get_window_extent(r)
+        bars = [p.get_window_extent(r) for a in fig.axes if a.get_shared_x_axes().joined(a, ax) for p in a.patches]
+        assert bars and not any(box.overlaps(b) for b in bars)
+    plt.close(fig)
+
+
+def test_the_benchmark_times_a_command_beside_a_busy_core_and_cleans_up(tmp_path):
+    "`time_job` (the main-job part of `lottery_nb bench`) times a real command, stops its busy process, and reports a failing command."
+    import psutil
+    from lottery_nb.benchmark import time_job
+    from lottery_nb.errors import LotteryError
+    t = time_job(("demo", "--epochs", "1", "--strategies", "none"), busy_cores=1)
+    assert t > 0 and not psutil.Process().children(recursive=True)
+    with pytest.raises(LotteryError, match="failed"): time_job(("run", "--preset", "no_such_preset"))
