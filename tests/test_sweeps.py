@@ -135,7 +135,8 @@ def test_bench_command_prints_ratios_and_writes_json(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     names = [m["name"] for m in res["measures"]]
-    assert names == ["trainer throughput vs bare loop", "trainer + mask throughput vs bare loop",
+    assert names == ["trainer throughput vs bare loop", "trainer + round 0's mask throughput vs bare loop",
+                     "trainer + 80%-pruned mask throughput vs bare loop",
                      "fused Adam vs PyTorch's default: epoch speed-up",
                      "evaluation (all metrics) vs one epoch", "global pruning round vs one step (ResNet-18)"]
     assert res["complete"] is True
