@@ -25,6 +25,7 @@ from .data import BatchLoader, InMemoryDataset, LotteryError, get_spec
 from .models import get_model, pruning_exclusions
 from .pruning import MaskedTraining, full_mask, prune
 from .runs import RunContext, use_channels_last
+from .stacked import bench_stacked
 from .training import evaluate, fit, get_device, make_optimizer
 
 from .bench import (Measure, _lenet_job, alternate, bench_compile, bench_evaluation, bench_matmul, bench_pruning,
@@ -174,7 +175,7 @@ def bench_gpu_resnet(device="cuda", repeat: int = 10, compile: bool = True) -> l
     return out
 
 # %% ../nbs/12a_benchmark.ipynb #9bf7e491
-BENCH_PARTS = ("trainer", "matmul", "strategies", "evaluation", "pruning", "compile", "memory", "sweep", "mainjob")
+BENCH_PARTS = ("trainer", "matmul", "strategies", "evaluation", "pruning", "compile", "memory", "sweep", "mainjob", "stacked")
 
 def _parts(dev, quick: bool) -> tuple[dict, dict]:
     "What each part measures on the CPU, and on `dev` (CUDA)."
@@ -187,13 +188,15 @@ def _parts(dev, quick: bool) -> tuple[dict, dict]:
            "compile": lambda: [bench_compile(n // 2, repeat=r)],
            "memory": bench_memory,
            "sweep": lambda: [bench_threads(n // 2, repeat=r), bench_sweep(40 if quick else 150)],
-           "mainjob": lambda: bench_main_job(QUICK_JOB if quick else MAIN_JOB)}
+           "mainjob": lambda: bench_main_job(QUICK_JOB if quick else MAIN_JOB),
+           "stacked": lambda: bench_stacked((1, 7) if quick else (1, 7, 21), 1_200 if quick else 3_000, repeat=r - 1)}
     gpu = {"trainer": lambda: bench_trainer(12_000, repeat=2 * r, device=dev),
            "strategies": lambda: bench_strategies(6_000, repeat=r, device=dev)
                          + bench_strategies(128 * 20, 128, repeat=r, device=dev, model="resnet18", dataset="cifar10"),
            "evaluation": lambda: [bench_evaluation(12_000, repeat=r, device=dev)],
            "pruning": lambda: [bench_pruning(repeat=r, device=dev)] + bench_gpu_resnet(dev),
-           "compile": lambda: [bench_compile(12_000, repeat=r, device=dev)]}
+           "compile": lambda: [bench_compile(12_000, repeat=r, device=dev)],
+           "stacked": lambda: bench_stacked((1, 7, 21), 12_000, repeat=r, device=dev)}
     assert set(cpu) == set(BENCH_PARTS)
     return cpu, gpu
 

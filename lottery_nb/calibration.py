@@ -35,6 +35,7 @@ class Strategy:
     name: ClassVar[str] = ""
     paper: ClassVar[bool] = False  # one of the paper's seven (a control never is, whatever it inherits)
     stochastic: ClassVar[bool] = False  # needs T stochastic (dropout) passes
+    per_sample: ClassVar[bool] = True  # the loss is a mean over the batch of a term of each sample alone (no batch statistic)
     dataset_defaults: ClassVar[dict] = {}  # hyper-parameters that differ by dataset (a half: its parent's): {dataset: {field: value}}
     controls: ClassVar[tuple[str, ...]] = ()  # a control: the strategies whose effect it separates from something else
     preset_changes: ClassVar[dict] = {}  # preset fields a run of this strategy needs (a control's re-initialisation)
@@ -103,6 +104,7 @@ class VWCC(Strategy):
 class Mixup(Strategy):
     "Cross-entropy on mixed inputs and targets (Zhang et al. 2018)."
     name: ClassVar[str] = "mixup"; paper: ClassVar[bool] = True; label: ClassVar[str] = "Mixup"; color: ClassVar[str] = "#ff7f0e"
+    per_sample: ClassVar[bool] = False  # mixes samples of the batch
     alpha: float = 0.3  # Beta(alpha, alpha) mixing; not given in the paper; 0.2-0.4 calibrate best
     def validate(self):
         if not self.alpha > 0: raise LotteryError(f"mixup alpha must be > 0, got {self.alpha!r}")
@@ -116,6 +118,7 @@ class Mixup(Strategy):
 class MDA(Strategy):
     "Cross-entropy plus KL(uniform ‖ batch-mean prediction)."
     name: ClassVar[str] = "mda"; paper: ClassVar[bool] = True; label: ClassVar[str] = "MDA"; color: ClassVar[str] = "#2ca02c"
+    per_sample: ClassVar[bool] = False  # the batch's mean prediction
     dataset_defaults: ClassVar[dict] = {"mnist": {"weight": 0.5}}
     weight: float = 1.0  # lambda: 1.0 for CIFAR-10, SVHN, Fashion-MNIST; 0.5 for MNIST (not given in the paper: choice)
     def validate(self): _check_nonneg("MDA weight", self.weight)

@@ -170,6 +170,7 @@ def _reproduce_parser(sub):
     rp.add_argument("--rounds", type=int, default=None, help="pruning rounds (default: the budget's)")
     rp.add_argument("--sparsities", nargs="*", type=float, default=[], help="also train RigL and CigL at these sparsities (e.g. 0.9 0.95)")
     rp.add_argument("--out", default="repro", help="output folder (default: repro)")
+    rp.add_argument("--stack", action="store_true", help="train each dataset's lottery runs as stacks of LeNets, one model per preset (for GPUs)")
     _add_context(rp, CONTEXT_OPTIONS + ("workers", "scheduler"))
     rp.set_defaults(func=cmd_reproduce)
 

@@ -144,7 +144,7 @@ def cmd_reproduce(args):
     "The papers' grid through the experiment notebooks, then figures, results.csv and summary.md."
     from lottery_nb.grid import Grid
     from lottery_nb.reproduce import reproduce
-    grid = Grid(_names(args.datasets), _names(args.strategies), args.seeds, args.budget, args.rounds, args.sparsities)
+    grid = Grid(_names(args.datasets), _names(args.strategies), args.seeds, args.budget, args.rounds, args.sparsities, stack=args.stack)
     paths = reproduce(grid, args.out, _context(args))
     if paths["already_finished"]: print(f"already finished: every run of this grid is done and {paths['summary']} is up to date (delete it to draw the figures again)\n")
     print(paths["summary"].read_text())

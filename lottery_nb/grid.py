@@ -23,6 +23,7 @@ from .lottery import LotteryConfig, LotteryRun
 from .presets import DATASET_PRESETS, DEFAULT_BUDGET, check_rounds, preset_for, transfer_target
 from .runs import Run, RunContext
 from .sparse import SparseConfig, SparseRun, sparse_config
+from .stacked_runs import run_stacked
 from .store import RunDir
 from .transfer import TransferConfig, run_transfer, transfer_config_from
 
@@ -46,6 +47,7 @@ class Grid:
     sparsities: tuple[float, ...] = ()              # also train RigL and CigL at these sparsities
     methods: tuple[str, ...] = ("rigl", "cigl")     # the sparse-training methods
     overrides: dict = field(default_factory=dict)   # preset fields changed in every lottery run (tests, benchmarks)
+    stack: bool = False                             # each dataset's lottery runs trained as stacks of LeNets (stacked chapter)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -65,7 +67,8 @@ class Grid:
 @patch
 def lottery(self: Grid, dataset: str) -> list[tuple[LotteryConfig, int]]:
     "The lottery runs of `dataset`: (configuration, rounds) for every strategy and seed."
-    p = preset_for(dataset, self.budget, **self.overrides)
+    p = preset_for(dataset, self.budget, **self.overrides, **({"stacked": True} if self.stack else {}))
+    if self.stack and p.model != "lenet_300_100": raise LotteryError(f"a stacked grid trains LeNet-300-100 runs only; {dataset} trains {p.model}: leave out --stack")
     n = p.rounds if self.rounds is None else self.rounds
     return [(LotteryConfig(p, s, {}, seed), n) for s in self.strategies for seed in self.seeds]
 
@@ -150,7 +153,14 @@ def _run(run: Run) -> RunDir: return run.run()
 
 def run_grid(grid: Grid, dataset: str, out="repro/runs", ctx: RunContext | None = None) -> list[RunDir]:
     "Run (or resume, or skip) the lottery runs of `dataset` in `grid`: every strategy and seed."
-    return run_jobs([(cfg.run_name, _run, {"run": LotteryRun(cfg, n, out, ctx)}) for cfg, n in grid.lottery(dataset)], ctx)
+    runs = grid.lottery(dataset)
+    if grid.stack:  # one job per stack: the runs that share a preset (a strategy's preset changes make a stack of their own)
+        stacks: dict[tuple, list] = {}
+        for cfg, n in runs: stacks.setdefault((cfg.preset, n), []).append(cfg)
+        jobs = [(f"stack-{cfgs[0].run_name}", run_stacked, dict(cfgs=cfgs, rounds=n, out_dir=out, ctx=ctx)) for (_, n), cfgs in stacks.items()]
+        done = {d.path.name: d for ds in run_jobs(jobs, ctx) for d in ds}
+        return [done[cfg.run_name] for cfg, _ in runs]
+    return run_jobs([(cfg.run_name, _run, {"run": LotteryRun(cfg, n, out, ctx)}) for cfg, n in runs], ctx)
 
 def run_transfer_grid(grid: Grid, dataset: str, runs="repro/runs", out="repro/transfer", ctx: RunContext | None = None) -> list[RunDir]:
     "Transfer the tickets of every lottery run of a source half's grid (in `runs`) to the other half, with plain cross-entropy."

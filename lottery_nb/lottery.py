@@ -83,6 +83,11 @@ class LotteryRun(Run):
     @property
     def rounds(self) -> list[int]: return list(range(self.n_rounds + 1))
 
+    def check(self):
+        "A stacked configuration trains only in its stack (`run_stacked`), never as a separate run."
+        if self.cfg.preset.stacked and not getattr(self, "in_stack", False):
+            raise LotteryError(f"{self.cfg.run_name} is a stacked run: train it with its stack (run_stacked, or reproduce --stack)")
+
     def pruning_rule(self, r: int, model) -> dict:
         "The keyword arguments of `prune` for round `r`: the preset's fraction, scope, layer rates, exclusions and criterion (with a generator of its own)."
         p = self.cfg.preset

@@ -89,6 +89,7 @@ class Preset:
     validation_split: float = later(0.0)  # hold out the last fraction of the training set, in file order (CigL's official code: 0.1)
     init: str = later("default")    # 'default' (PyTorch's) or 'official' (CigL's ResNet initialisation, models.official_init)
     pruning_criterion: str = later("magnitude")  # how a round ranks the surviving weights (pruning chapter: PRUNING_CRITERIA)
+    stacked: bool = later(False)    # trained as one of a stack of LeNet runs (stacked chapter): other rounding and random draws
 
     def __post_init__(self):
         if isinstance(self.dataset, DatasetSpec): object.__setattr__(self, "dataset", register_dataset(self.dataset).name)

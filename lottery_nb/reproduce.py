@@ -153,7 +153,7 @@ def _notebooks(grid: Grid, out: Path, where: dict) -> list[tuple[str, str, dict]
     "The experiment notebooks a reproduction of `grid` into `out` executes, in order: (notebook, executed copy, parameters)."
     g, runs, todo = grid.to_dict(), str(out / "runs"), []
     for d in grid.datasets:
-        params = dict(dataset=d, strategies=g["strategies"], seeds=g["seeds"], budget=grid.budget, rounds=grid.rounds, runs=runs, **where)
+        params = dict(dataset=d, strategies=g["strategies"], seeds=g["seeds"], budget=grid.budget, rounds=grid.rounds, runs=runs, stack=grid.stack, **where)
         todo.append(("lottery_grid", f"lottery_grid_{d}", params))
         if transfer_target(d): todo.append(("transfer_grid", f"transfer_grid_{d}", {**params, "transfer": str(out / "transfer")}))
         if grid.sparsities:
