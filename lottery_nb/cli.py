@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from .commands import (CLIError, _error_type, cmd_bench, cmd_demo, cmd_reproduce
                                  cmd_transfer)
 
 # %% auto #0
-__all__ = ['CONTEXT_OPTIONS', 'COMMANDS', 'PARSERS', 'build_parser', 'main']
+__all__ = ['CONTEXT_OPTIONS', 'COMMANDS', 'PARSERS', 'build_parser', 'main', 'Terminated']
 
 # %% ../nbs/11a_cli.ipynb #0cb1870f
 def _positive_int(s: str) -> int:
@@ -209,9 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     p, sub = _top_parser()
     PARSERS[command](sub)  # that command's options only: `status` imports no PyTorch, `run` nothing of `reproduce`
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # `kill`, a scheduler's time limit: stop as Ctrl-C stops, and say so
     try: args.func(args)
     except (CLIError, _error_type()) as e:  # what the user asked for; anything else is a bug and keeps its traceback
         print(f"lottery_nb: error: {e}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print(f"lottery_nb: terminated (SIGTERM); {_resume_hint()}", file=sys.stderr)
+        return 143  # 128 + SIGTERM
+    except OSError as e:  # the machine's: a full disk, a read-only folder, --out naming a file
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"lottery_nb: error: {e.strerror or e}{where}: check that the output folder is a writable folder with free space; "
+              "nothing finished was lost, and the same command resumes", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         import logging
@@ -219,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lottery_nb: interrupted; {_resume_hint()}", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
     return 0
+
+class Terminated(Exception):
+    "SIGTERM as an exception, raised between two Python statements (as Ctrl-C's KeyboardInterrupt), so that files are left whole."
+
+def _on_sigterm(signum, frame): raise Terminated()
 
 def _resume_hint() -> str:
     "Where the same command picks up again: the last epoch checkpoint this process wrote, if any."

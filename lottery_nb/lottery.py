@@ -22,10 +22,15 @@ from .store import RunDir, find_runs, load_torch
 from .runs import Run, RunContext, round_seed, build_model
 
 # %% auto #0
-__all__ = ['CONVERGENCE_COLUMNS', 'LotteryConfig', 'preset_from_dict', 'LotteryRun', 'lottery_config', 'run_lottery',
-           'round_model', 'convergence_table']
+__all__ = ['CONVERGENCE_COLUMNS', 'check_seed', 'LotteryConfig', 'preset_from_dict', 'LotteryRun', 'lottery_config',
+           'run_lottery', 'round_model', 'convergence_table']
 
 # %% ../nbs/06_lottery.ipynb #b6484df9
+def check_seed(seed) -> int:
+    "`seed` if it is an integer >= 0 (what `torch.manual_seed` and the run's name take), else a `LotteryError`."
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise LotteryError(f"seed must be an integer >= 0, got {seed!r}")
+    return seed
+
 @dataclass(frozen=True)
 class LotteryConfig:
     "What determines a lottery run's results."
@@ -35,7 +40,8 @@ class LotteryConfig:
     seed: int = 0
 
     def __post_init__(self):
-        "Apply the preset fields the strategy needs (`Strategy.preset_changes`: the `reinit` control's re-initialisation)."
+        "Check the seed; apply the preset fields the strategy needs (`Strategy.preset_changes`: the `reinit` control's re-initialisation)."
+        check_seed(self.seed)
         cls = STRATEGIES.get(self.strategy)
         if cls is None or not cls.preset_changes: return
         clash = {k: getattr(self.preset, k) for k, v in cls.preset_changes.items() if getattr(self.preset, k) not in (v, getattr(Preset, k))}
@@ -82,6 +88,12 @@ class LotteryRun(Run):
 
     @property
     def rounds(self) -> list[int]: return list(range(self.n_rounds + 1))
+
+    def check_model(self, model):
+        "Refuse, before anything is written, layer rates for weights the model does not have."
+        names = set(full_mask(model))
+        unknown = [n for n, _ in self.cfg.preset.layer_fractions if n not in names]
+        if unknown: raise LotteryError(f"layer_fractions names weights {self.cfg.preset.model} does not have: {unknown}; its weights: {', '.join(sorted(names))}")
 
     def check(self):
         "A stacked configuration trains only in its stack (`run_stacked`), never as a separate run."

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 
 from fastcore.basics import patch
@@ -22,6 +23,11 @@ __all__ = ['BUDGET_NAMES', 'DEFAULT_BUDGET', 'SPARSE_BUDGET_DEFAULTS', 'DECLARED
 # %% ../nbs/05a_presets.ipynb #ac78749f
 def _fraction(name: str, q):
     if isinstance(q, bool) or not (isinstance(q, (int, float)) and 0 < q < 1): raise LotteryError(f"{name} must be a fraction in (0, 1), got {q!r}")
+
+def _real(name: str, v, least: float = 0.0, strict: bool = False, below: float = math.inf):
+    "A finite number >= `least` (> with `strict`) and < `below`, or a `LotteryError` that says so (strings, NaN and infinities included)."
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > least if strict else v >= least) and v < below
+    if not ok: raise LotteryError(f"{name} must be a finite number {'>' if strict else '>='} {least:g}{f' and < {below:g}' if below < math.inf else ''}, got {v!r}")
 
 def _count(name: str, v, least: int, none_ok: bool = False):
     if v is None and none_ok: return
@@ -105,6 +111,8 @@ def validate(self: Preset):
                         ("init", INITS), ("pruning_criterion", tuple(PRUNING_CRITERIA))):
         if getattr(self, name) not in valid: raise LotteryError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(valid)}")
     _fraction("pruning_fraction", self.pruning_fraction)
+    if not (isinstance(self.layer_fractions, (tuple, list)) and all(isinstance(x, (tuple, list)) and len(x) == 2 and isinstance(x[0], str) for x in self.layer_fractions)):
+        raise LotteryError(f"layer_fractions must be [[weight name, fraction], ...], e.g. [[\"fc.weight\", 0.1]], got {self.layer_fractions!r}")
     for n, q in self.layer_fractions: _fraction(f"layer fraction of {n}", q)
     if self.dropout is not None and not 0 <= self.dropout < 1: raise LotteryError(f"dropout must be in [0, 1), got {self.dropout!r}")
     for name in ("epochs", "batch_size"): _count(name, getattr(self, name), 1)
@@ -117,7 +125,8 @@ def validate(self: Preset):
     check_rounds(self.rounds)
     if not (isinstance(self.milestones, (tuple, list)) and all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in self.milestones)):
         raise LotteryError(f"milestones must be a list of epochs >= 1, got {self.milestones!r}")
-    if not self.lr > 0: raise LotteryError(f"lr must be positive, got {self.lr!r}")
+    _real("lr", self.lr, strict=True); _real("gamma", self.gamma, strict=True)
+    _real("momentum", self.momentum, below=1.0); _real("weight_decay", self.weight_decay)
 
 @patch
 def replace(self: Preset, **overrides) -> Preset:

@@ -114,6 +114,7 @@ class Run:
     def late_rewind(self, r: int) -> tuple[Path, int] | None: return None
     def exclusions(self, model) -> tuple: return pruning_exclusions(model) if self.cfg.preset.exclude_paper else ()
     def check(self): "Refuse what cannot be run, before anything is read or written (default: nothing to check)."
+    def check_model(self, model): "Refuse what the built model cannot run, before anything is written (default: nothing to check)."
     def describe(self) -> str: "What a progress bar calls this run."; return f"{self.cfg.preset.name} {self.cfg.strategy} seed {self.cfg.seed}"
 
     def finished(self) -> bool:
@@ -134,7 +135,7 @@ def run(self: Run) -> RunDir:
     dev = get_device(ctx.device)
     strat = cfg.make_strategy()  # validates the strategy and its hyper-parameters
     model = build_model(cfg, strat)
-    strat.check_model(model)
+    strat.check_model(model); self.check_model(model)
     repair.claim(run, cfg)  # a mismatched directory is refused before anything is touched
     route = ctx.matmul if dev.type == "cpu" else "default"  # (oneDNN is the CPU's)
     with run.lock(), compute_settings(ctx.threads, route) as self.matmul:  # one process at a time in a run directory

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .data import LotteryError
-from .lottery import LotteryConfig
+from .lottery import LotteryConfig, check_seed
 from .models import prunable_parameters
 from .presets import DEFAULT_BUDGET, Preset, for_method, get_preset, identity, later, sparse_budget
 from .pruning import Mask, MaskedTraining, RoundMethod
@@ -241,7 +241,9 @@ class SparseConfig(LotteryConfig):
     def validate(self):
         "Refuse impossible values with a `LotteryError` that says what is valid."
         if self.method not in SPARSE_METHODS: raise LotteryError(f"unknown sparse method {self.method!r}; choose one of: {', '.join(SPARSE_METHODS)}")
-        if not 0 < self.sparsity < 1: raise LotteryError(f"sparsity must be in (0, 1), got {self.sparsity!r}")
+        check_seed(self.seed)
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or not 0 < self.sparsity < 1:
+            raise LotteryError(f"sparsity must be a number in (0, 1), got {self.sparsity!r}")
         if self.distribution not in ("erk", "uniform"): raise LotteryError(f"unknown distribution {self.distribution!r}; choose 'erk' or 'uniform'")
         if self.layer_counts not in LAYER_COUNTS: raise LotteryError(f"unknown layer_counts {self.layer_counts!r}; choose 'exact' or 'bernoulli'")
         if self.ties not in TIES: raise LotteryError(f"unknown ties {self.ties!r}; choose one of: {', '.join(TIES)}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import Callable, Iterable
 
 import torch
@@ -174,6 +175,9 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, optimizer: torch.
                 if i % 50 == 0: bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", refresh=False)
         if scheduler is not None and not per_step: scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": (total.item() / max(n, 1)) if total is not None else float("nan")}
+        if total is not None and not math.isfinite(row["train_loss"]):  # checked once an epoch: no sync per step
+            raise LotteryError(f"training diverged: the loss is {row['train_loss']} in epoch {epoch + 1} (a learning rate too large for this "
+                               "setup?); the epoch is not kept: train with other settings (e.g. a smaller --set lr=...), which is a new run")
         if eval_loader is not None:
             row.update(evaluate(model, eval_loader))
             bar.set_postfix(epoch=epoch + 1, acc=f"{row['accuracy']:.4f}", ece=f"{row['ece']:.4f}")
