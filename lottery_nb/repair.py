@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from .store import RunDir, RunDirError, load_torch, save_json, save_torch, set_aside, torch_file_intact
+from .store import LOCK_FILE, RunDir, RunDirError, is_temp, load_torch, save_json, save_torch, set_aside, torch_file_intact
 
 # %% auto #0
-__all__ = ['REBUILT_BY_RUN', 'TRAINING_FIELDS', 'note', 'needs_repair', 'report_damage', 'claim', 'rebuild_init', 'remake_mask',
-           'training_fields', 'rebuild_metrics', 'set_aside_checkpoint']
+__all__ = ['REBUILT_BY_RUN', 'TRAINING_FIELDS', 'note', 'needs_repair', 'report_damage', 'refuse_foreign', 'claim',
+           'rebuild_init', 'remake_mask', 'training_fields', 'rebuild_metrics', 'set_aside_checkpoint']
 
 # %% ../nbs/05c_repair.ipynb #96c445c3
 REBUILT_BY_RUN = ("config.json", "init.pt", "metrics.json", "mask.pt")  # those the same run command rebuilds, even in a finished run
@@ -33,8 +33,19 @@ def report_damage(run: RunDir, damage: dict | None = None):
     for f, fix in (run.damaged() if damage is None else damage).items(): print(f"lottery_nb: {run.path / f} is unreadable: {fix}", file=sys.stderr)
 
 # %% ../nbs/05c_repair.ipynb #6e813346
+def refuse_foreign(run: RunDir, cfg):
+    "Before the lock, touching nothing: refuse a folder whose readable config.json holds another configuration."
+    try: old = run.read_config()
+    except RunDirError: return  # unreadable: rebuilt under the lock
+    if old is not None: run.claim(cfg)  # compares only
+
 def claim(run: RunDir, cfg):
-    "`run.claim(cfg)`, an unreadable config.json rebuilt first when the folder's name is `cfg`'s."
+    "`run.claim(cfg)`, an unreadable or missing config.json rebuilt first when the folder's name is `cfg`'s."
+    files = [p for p in run.path.iterdir() if p.name != LOCK_FILE and not is_temp(p)] if run.path.is_dir() else []
+    if not (run.path / "config.json").exists() and files and run.path.name == cfg.run_name:
+        print(f"lottery_nb: {run.path / 'config.json'} was missing; rebuilt it from the configuration, whose hash is the folder's name",
+              file=sys.stderr)
+        return run.claim(cfg, rebuilt=True)
     try: run.read_config()
     except RunDirError:
         if run.path.name != cfg.run_name: raise

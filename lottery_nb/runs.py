@@ -136,9 +136,11 @@ def run(self: Run) -> RunDir:
     strat = cfg.make_strategy()  # validates the strategy and its hyper-parameters
     model = build_model(cfg, strat)
     strat.check_model(model); self.check_model(model)
-    repair.claim(run, cfg)  # a mismatched directory is refused before anything is touched
+    repair.refuse_foreign(run, cfg)  # a mismatched directory is refused before anything is touched, its lock included
     route = ctx.matmul if dev.type == "cpu" else "default"  # (oneDNN is the CPU's)
-    with run.lock(), compute_settings(ctx.threads, route) as self.matmul:  # one process at a time in a run directory
+    with run.lock(), compute_settings(ctx.threads, route) as self.matmul:  # one process at a time in a run directory, from its first file
+        repair.claim(run, cfg)  # config.json written under the lock: simultaneous starts see a lock, never a half-made folder
+        run.clear_leftovers()
         self.prepare(model)
         exclude = self.exclusions(model)
         test_loader = BatchLoader(test, 1000, device=dev)

@@ -77,9 +77,10 @@ def run(self: StackedLottery) -> list[RunDir]:
     strats = [run.cfg.make_strategy() for run in pending]
     models = [build_model(run.cfg, s) for run, s in zip(pending, strats)]
     for s, m in zip(strats, models): s.check_model(m)
-    for run in pending: repair.claim(run.dir, run.cfg)
+    for run in pending: repair.refuse_foreign(run.dir, run.cfg)
     with ExitStack() as held:
         for run in pending: held.enter_context(run.dir.lock())
+        for run in pending: repair.claim(run.dir, run.cfg); run.dir.clear_leftovers()
         route = held.enter_context(compute_settings(ctx.threads, ctx.matmul if dev.type == "cpu" else "default"))
         for run, m in zip(pending, models): run.matmul = route; run.prepare(m); m.to(dev)
         exclude, test_loader = pending[0].exclusions(models[0]), BatchLoader(test, 1000, device=dev)

@@ -25,8 +25,8 @@ from .errors import LotteryError
 
 # %% auto #0
 __all__ = ['LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'DAMAGE_FIXES', 'STATUS_METRICS', 'RunDirError', 'atomic_write',
-           'save_torch', 'save_json', 'load_torch', 'torch_file_intact', 'set_aside', 'versions', 'RunDir', 'find_runs',
-           'describe_config', 'run_status']
+           'save_torch', 'save_json', 'load_torch', 'torch_file_intact', 'set_aside', 'versions', 'RunDir', 'is_temp',
+           'find_runs', 'describe_config', 'run_status']
 
 # %% ../nbs/05b_store.ipynb #6503f1b1
 class RunDirError(LotteryError):
@@ -167,7 +167,7 @@ def claim(self: RunDir, cfg, rebuilt: bool = False):
     old = None if rebuilt else self.read_config()
     if old is None:
         self.path.mkdir(parents=True, exist_ok=True)
-        if not rebuilt and any(p.name != LOCK_FILE for p in self.path.iterdir()): raise RunDirError(f"{self.path} is not empty but has no config.json: it is not a run directory of this configuration. Choose another output folder.")
+        if not rebuilt and any(p.name != LOCK_FILE and not is_temp(p) for p in self.path.iterdir()): raise RunDirError(f"{self.path} is not empty but has no config.json: it is not a run directory of this configuration. Choose another output folder.")
         save_json({"key": cfg.key, "config": cfg.to_dict(), "resolved": cfg.resolved(), "versions": versions(),
                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **({"rebuilt": True} if rebuilt else {})}, self.path / "config.json")
         return
@@ -219,12 +219,25 @@ def write_metrics_csv(self: RunDir, repair: bool = False):
     damaged = old is not None and (not old.endswith(b"\n") or old.count(b"\n") != len(rows) + 1)  # else: columns of an older version
     if repair and damaged: print(f"lottery_nb: {f} was incomplete or damaged; rebuilt it from the rounds' metrics.json", file=sys.stderr)
 
+# %% ../nbs/05b_store.ipynb #4929ef17
+def is_temp(p: Path) -> bool: "An `atomic_write` temporary file (`.NAME.tmp-PID`)."; return p.name.startswith(".") and ".tmp-" in p.name
+
+@patch
+def clear_leftovers(self: RunDir) -> list[Path]:
+    "Under the lock: delete the temporary files of interrupted writes and the epoch checkpoints of rounds that are done; what was deleted."
+    gone = [p for p in self.path.rglob(".*") if p.is_file() and is_temp(p)]
+    gone += [c for c in self.path.glob("round_*/checkpoint.pt") if (c.parent / "metrics.json").exists() and (c.parent / "final.pt").exists()]
+    for p in gone: p.unlink()
+    return gone
+
 # %% ../nbs/05b_store.ipynb #0390f29a
 STATUS_METRICS = ("accuracy", "ece", "confidence", "gap", "dead_classes", "ts_ece")  # of the last finished round
 
 def find_runs(*folders) -> list[RunDir]:
     "Every run directory (a folder that holds a config.json) anywhere under `folders`, in sorted order."
-    return [RunDir(f.parent) for folder in folders for f in sorted(Path(folder).glob("**/config.json"))]
+    found = {f.parent for folder in folders for f in Path(folder).glob("**/config.json")}
+    found |= {f.parent for folder in folders for f in Path(folder).glob("**/round_00") if f.is_dir()}  # a run whose config.json is gone
+    return [RunDir(p) for p in sorted(found)]
 
 def describe_config(c: dict) -> dict:
     "What a run trains, from its configuration: its kind, and the strategy, sparse method or transfer that defines it."
@@ -244,7 +257,7 @@ def run_status(out_dir) -> list[dict]:
         try: c = run.config()
         except (RunDirError, KeyError, TypeError): rows.append({"run": name, "damaged": ", ".join(run.damaged()) or "config.json"}); continue
         done = run.finished_rounds()
-        ck = sorted(run.path.glob("round_*/checkpoint.pt"))
+        ck = [c for c in sorted(run.path.glob("round_*/checkpoint.pt")) if int(c.parent.name[6:]) not in done]  # a done round's is a leftover
         row = {"run": name, "preset": c["preset"]["name"], **describe_config(c), "seed": c["seed"], "rounds done": len(done), "in progress": ""}
         if damaged := run.damaged(): row["damaged"] = ", ".join(damaged)  # `lottery_nb status` says below the table what to do
         if ck:
