@@ -17,7 +17,7 @@ from .training import evaluate, fit
 
 # %% auto #0
 __all__ = ['StackedLinear', 'StackedLeNet', 'StackedLoader', 'stack_masks', 'unstack_mask', 'RunView', 'StackedLoss',
-           'train_stacked', 'prune_stacked', 'evaluate_stacked', 'ops_per_step', 'bench_stacked']
+           'train_stacked', 'evaluate_stacked', 'ops_per_step', 'bench_stacked']
 
 # %% ../nbs/06a_stacked.ipynb #cd0ac7b9
 class StackedLinear(nn.Module):
@@ -129,14 +129,6 @@ def train_stacked(stack: StackedLeNet, mask: dict, strategies: Sequence, loader:
     with MaskedTraining(stack, mask) as mt:
         mt.attach(optimizer, loader, epochs)
         return fit(stack, loader, epochs, optimizer, StackedLoss(strategies), before_step=mt.before_step, after_step=mt.after_step, **fit_kw)
-
-def prune_stacked(stack: StackedLeNet, mask: dict, fraction: float, template: LeNet300100, **prune_kw) -> dict:
-    "Each run's mask pruned by `prune` on that run's weights alone (in `template`, a LeNet of the runs' shape), stacked again."
-    out = []
-    for m in range(stack.size):
-        template.load_state_dict(stack.run_state(m))
-        out.append(prune(template, unstack_mask(mask, m), fraction, **prune_kw))
-    return stack_masks(out)
 
 def evaluate_stacked(stack: StackedLeNet, loader: Iterable, template: LeNet300100, **kw) -> list[dict]:
     "Each run's `evaluate` report, the run loaded into `template` (a LeNet of the runs' shape)."
