@@ -72,7 +72,7 @@ def straight(s: str) -> str: return squash(s.replace("\u2019", "'").replace("\u2
 
 
 @pytest.fixture(scope="module")
-def site():
+def site(tmp_path_factory):
     q = quarto()
     if q is None:
         msg = ("Quarto is not installed, so the docs site cannot be built: bash ../shared/tools/quarto/install-quarto.sh "
@@ -80,10 +80,34 @@ def site():
         if os.environ.get("LOTTERY_NB_REQUIRE_QUARTO") == "1": pytest.fail(msg)
         pytest.skip(msg)
     env = {**os.environ, "PATH": f"{Path(q).parent}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run([sys.executable, "-c", "from nbdev.quarto import nbdev_docs; nbdev_docs()"], cwd=REPO, env=env,
+    before = checkout_state()
+    work = checkout_copy(tmp_path_factory.mktemp("site"))
+    os.utime(work / "nbs" / "index.ipynb")  # the index newer than README.md: nbdev_docs rewrites README.md (in the copy)
+    r = subprocess.run([sys.executable, "-c", "from nbdev.quarto import nbdev_docs; nbdev_docs()"], cwd=work, env=env,
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    return REPO / "_docs", r.stdout + r.stderr
+    return work / "_docs", r.stdout + r.stderr, before
+
+
+def checkout_state() -> str:
+    "What git sees in the checkout: the status of every file not ignored, and the diff of the tracked ones."
+    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return git("status", "--porcelain") + git("diff")
+
+
+def checkout_copy(dest: Path) -> Path:
+    """The files git would commit (tracked, and untracked but not ignored), copied to `dest`, links kept as links.
+    The site is built there: `nbdev_docs` also rewrites README.md in Quarto's Markdown whenever `nbs/index.ipynb`
+    is the newer of the two (in a fresh clone, by chance), and a test must leave the checkout as it found it."""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        src, dst = REPO / name, dest / name
+        if not src.exists() and not src.is_symlink(): continue  # deleted in the working tree, not yet committed
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink(): dst.symlink_to(os.readlink(src))
+        else: shutil.copy2(src, dst)
+    return dest
 
 
 def pages(docs: Path) -> dict[Path, Page]:
@@ -96,21 +120,27 @@ def html_of(nb: Path, docs: Path) -> Path:
 
 
 def test_every_chapter_and_the_results_page_are_on_the_site(site):
-    docs, _ = site
+    docs, _, _ = site
     for nb in sorted((REPO / "nbs").rglob("*.ipynb")):
         if ".ipynb_checkpoints" in nb.parts: continue
         assert html_of(nb, docs).exists(), f"{nb.name}: no page {html_of(nb, docs).name}"
     assert (docs / "results.html").exists() and (docs / "index.html").exists()
 
 
+def test_the_build_leaves_the_checkout_as_it_was(site):
+    "The build writes nothing a reader committed: README.md in particular, which nbdev_docs would otherwise rewrite."
+    _, _, before = site
+    assert checkout_state() == before
+
+
 def test_the_build_gives_no_warning(site):
-    _, log = site
+    _, log, _ = site
     warnings = [l for l in log.splitlines() if re.search(r"\bWARN(ING)?\b|UserWarning", l)]
     assert not warnings, "\n".join(warnings[:20])
 
 
 def test_every_internal_link_and_anchor_resolves(site):
-    docs, _ = site
+    docs, _, _ = site
     parsed = pages(docs)
     broken = []
     for page, p in parsed.items():
@@ -126,7 +156,7 @@ def test_every_internal_link_and_anchor_resolves(site):
 
 
 def test_every_figure_the_notebooks_embed_is_on_their_page(site):
-    docs, _ = site
+    docs, _, _ = site
     for nb in sorted((REPO / "nbs").glob("*.ipynb")):
         _, _, _, n_images = notebook_head(nb)
         page = html_of(nb, docs)
@@ -137,7 +167,7 @@ def test_every_figure_the_notebooks_embed_is_on_their_page(site):
 
 
 def test_no_description_or_title_is_cut(site):
-    docs, _ = site
+    docs, _, _ = site
     for nb in sorted((REPO / "nbs").rglob("*.ipynb")):
         title, desc, _, _ = notebook_head(nb)
         p = Page(html_of(nb, docs).read_text())
@@ -148,7 +178,7 @@ def test_no_description_or_title_is_cut(site):
 
 
 def test_equations_are_mathjax_input(site):
-    docs, _ = site
+    docs, _, _ = site
     for nb in sorted((REPO / "nbs").glob("*.ipynb")):
         _, _, tex, _ = notebook_head(nb)
         if not tex: continue
