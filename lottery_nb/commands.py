@@ -115,8 +115,8 @@ def cmd_status(args):
     rows = run_status(args.folder)
     if not rows: print(f"no runs under {args.folder}"); return rows
     _print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))
-    damaged = [(r["run"], f, fix) for r in rows if r.get("damaged") for f, fix in RunDir(Path(args.folder) / r["run"]).damaged().items()]
-    if damaged: print("\ndamaged files:\n" + "\n".join(f"  {run}/{f}: {fix}" for run, f, fix in damaged))
+    damaged = [(r["run"], f, why) for r in rows if r.get("damaged") for f, why in RunDir(Path(args.folder) / r["run"]).damaged().items()]
+    if damaged: print("\ndamaged files:\n" + "\n".join(f"  {run}/{f} {why}" for run, f, why in damaged))
     return rows
 
 # %% ../nbs/11_commands.ipynb #4be6c5d0

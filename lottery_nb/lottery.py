@@ -111,7 +111,7 @@ class LotteryRun(Run):
         if r == 0: return full_mask(model)
         prev = self.dir.round_dir(r - 1)
         prev_mask = self.mask(r - 1, model)  # read, or made again if unreadable (which may load older weights into `model`)
-        model.load_state_dict(load_torch(prev / "final.pt", f"trained weights of round {r - 1}", f"Delete {prev} to train that round again."))
+        model.load_state_dict(load_torch(prev / "final.pt", f"trained weights of round {r - 1}", f"Delete {prev} to train that round again.", model))
         return prune(model, prev_mask, **self.pruning_rule(r, model))
 
 # %% ../nbs/06_lottery.ipynb #881eb47d
@@ -149,7 +149,7 @@ def round_model(run, r: int) -> torch.nn.Module:
     run = run if isinstance(run, RunDir) else RunDir(run)
     cfg = LotteryConfig.from_dict(run.config())
     model = build_model(cfg, cfg.make_strategy())
-    model.load_state_dict(load_torch(run.round_dir(r) / "final.pt", f"trained weights of round {r}", f"Delete {run.round_dir(r)} to train that round again."))
+    model.load_state_dict(load_torch(run.round_dir(r) / "final.pt", f"trained weights of round {r}", f"Delete {run.round_dir(r)} to train that round again.", model))
     return model.eval()
 
 # %% ../nbs/06_lottery.ipynb #35b68098

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .store import LOCK_FILE, RunDir, RunDirError, is_temp, load_torch, save_json, save_torch, set_aside, torch_file_intact
+from .checks import misfit
+from .store import LOCK_FILE, RunDir, RunDirError, is_temp, load_torch, save_json, save_torch, set_aside
 
 # %% auto #0
 __all__ = ['REBUILT_BY_RUN', 'TRAINING_FIELDS', 'note', 'needs_repair', 'report_damage', 'refuse_foreign', 'claim',
@@ -20,9 +21,10 @@ __all__ = ['REBUILT_BY_RUN', 'TRAINING_FIELDS', 'note', 'needs_repair', 'report_
 # %% ../nbs/05c_repair.ipynb #96c445c3
 REBUILT_BY_RUN = ("config.json", "init.pt", "metrics.json", "mask.pt")  # those the same run command rebuilds, even in a finished run
 
-def note(path: Path, what: str):
-    "One line on stderr: `path` was unreadable, `what` was done, and where the broken file is."
-    print(f"lottery_nb: {path} was unreadable; {what} (the broken file is kept as {Path(path).name}.unreadable)", file=sys.stderr)
+def note(path: Path, what: str, why: str = "was unreadable"):
+    "One line on stderr: what was wrong with `path` (`why`), what was done, and where the broken file is."
+    why = "was unreadable" if why.startswith("is unreadable") else why  # it is no longer: it was replaced
+    print(f"lottery_nb: {path} {why}; {what} (the broken file is kept as {Path(path).name}.unreadable)", file=sys.stderr)
 
 def needs_repair(damage: dict) -> bool:
     "Whether the damage of a finished run (`RunDir.damaged()`) includes a file that the run command rebuilds."
@@ -30,7 +32,7 @@ def needs_repair(damage: dict) -> bool:
 
 def report_damage(run: RunDir, damage: dict | None = None):
     "One line on stderr for each damaged file that nothing rebuilt (`damage`: `run.damaged()`, if already read): the file and what to do."
-    for f, fix in (run.damaged() if damage is None else damage).items(): print(f"lottery_nb: {run.path / f} is unreadable: {fix}", file=sys.stderr)
+    for f, why in (run.damaged() if damage is None else damage).items(): print(f"lottery_nb: {run.path / f} {why}", file=sys.stderr)
 
 # %% ../nbs/05c_repair.ipynb #6e813346
 def refuse_foreign(run: RunDir, cfg):
@@ -56,22 +58,22 @@ def claim(run: RunDir, cfg):
     return run.claim(cfg)
 
 # %% ../nbs/05c_repair.ipynb #45fef071
-def rebuild_init(run: RunDir, init: Path, model):
-    "An unreadable init.pt drawn again from the seed's fresh `model`, by the PyTorch that drew it (else a `RunDirError`)."
+def rebuild_init(run: RunDir, init: Path, model, why: str = "is unreadable"):
+    "An init.pt that is unreadable or does not fit (`why`) drawn again from the seed's fresh `model`, by the PyTorch that drew it (else a `RunDirError`)."
     c = run.read_config() or {}
     drawn_by = None if c.get("rebuilt") else c.get("versions", {}).get("torch")
     if drawn_by != torch.__version__:
-        raise RunDirError(f"{init} is unreadable, and this PyTorch ({torch.__version__}) cannot redraw it exactly (the run was made "
+        raise RunDirError(f"{init} {why}, and this PyTorch ({torch.__version__}) cannot redraw it exactly (the run was made "
                           f"with {drawn_by or 'an unknown version'}). The whole run depends on it: move the run directory away and start again.")
     set_aside(init)
     save_torch(model.state_dict(), init)
-    note(init, "rebuilt it from the run's seed")
+    note(init, "rebuilt it from the run's seed", why)
 
 # %% ../nbs/05c_repair.ipynb #a7f67f16
 def remake_mask(runner, r: int, model):
-    "A finished round's unreadable mask.pt made again (`runner`: the `Run`)."
+    "A finished round's mask.pt made again when it is unreadable or does not fit `model` (`runner`: the `Run`; `Run.mask` checks it)."
     f = runner.dir.round_dir(r) / "mask.pt"
-    if f.exists() and not torch_file_intact(f): runner.mask(r, model)
+    if f.exists() and misfit(f, model): runner.mask(r, model)
 
 TRAINING_FIELDS = {"seconds": float, "device": str, "amp": lambda v: v == "True", "channels_last": lambda v: v == "True", "matmul": str}
 
@@ -84,18 +86,19 @@ def training_fields(run: RunDir, r: int) -> dict:
     except ValueError: return {}  # a damaged row: nothing from it
 
 def rebuild_metrics(runner, model, test_loader, exclude, dev):
-    "Every unreadable metrics.json of the run computed again from its round's final weights and mask (`runner`: the `Run`)."
+    """Every damaged metrics.json of the run (unreadable, or no round's metrics) computed again from its round's final weights
+    and mask (`runner`: the `Run`); a final.pt that does not fit `model` is a `RunDirError`, and the damaged file stays in place."""
     for r in runner.dir.unreadable_rounds():
         rd, fix = runner.dir.round_dir(r), f"Delete {runner.dir.round_dir(r)} to train that round again."
         mask = runner.mask(r, model)  # first: rebuilding it may load an earlier round's weights into `model`
-        model.load_state_dict(load_torch(rd / "final.pt", f"trained weights of round {r}", fix))
+        model.load_state_dict(load_torch(rd / "final.pt", f"trained weights of round {r}", fix, model))
         (rd / "metrics.json").replace(rd / "metrics.json.unreadable")
         kept = {"device": dev.type, **training_fields(runner.dir, r), "rebuilt": True}
         save_json(runner.round_record(r, model.to(dev), mask, exclude, test_loader, **kept), rd / "metrics.json")
         note(rd / "metrics.json", "rebuilt it from the round's saved weights")
 
-def set_aside_checkpoint(ckpt: Path, r: int):
-    "An unreadable epoch checkpoint kept aside, so that round `r` starts again from its first epoch."
-    if ckpt.exists() and not torch_file_intact(ckpt):
+def set_aside_checkpoint(ckpt: Path, r: int, model):
+    "An epoch checkpoint that is unreadable or does not fit `model` kept aside, so that round `r` starts again from its first epoch."
+    if ckpt.exists() and (why := misfit(ckpt, model)):
         set_aside(ckpt)
-        note(ckpt, f"round {r} starts again from its first epoch")
+        note(ckpt, f"round {r} starts again from its first epoch", why)

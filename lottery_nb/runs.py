@@ -19,7 +19,8 @@ from .data import BatchLoader, InMemoryDataset, LotteryError, get_spec, load_in_
 from .metrics import evaluation_report
 from .models import get_model, official_init, pruning_exclusions
 from .pruning import Mask, MaskedTraining, RoundMethod, full_mask, remaining_percent, rewind, sparsity_report
-from .store import RunDir, load_torch, save_json, save_torch, set_aside, torch_file_intact
+from .checks import misfit
+from .store import RunDir, load_torch, save_json, save_torch, set_aside
 from .training import (MATMUL_PATHS, compute_settings, evaluate, fit, get_device, load_training_state, make_optimizer, make_scheduler,
                                  make_step_scheduler, predict, training_state)
 
@@ -128,8 +129,8 @@ def run(self: Run) -> RunDir:
     self.check()
     run, cfg, ctx = self.dir, self.cfg, self.ctx
     if self.finished():
-        damage = run.damaged()  # read once; a file that this command rebuilds sends the run through the repairs below
-        if not repair.needs_repair(damage):
+        damage = run.damaged(build_model(cfg, cfg.make_strategy()))  # read once (every torch file must fit the run's model); a file
+        if not repair.needs_repair(damage):                            # that this command rebuilds sends the run through the repairs below
             repair.claim(run, cfg); run.write_metrics_csv(repair=True); repair.report_damage(run, damage); return run
     train, test = run_data(cfg.preset, ctx.data_root, ctx.download)  # missing data fail here, before anything is written
     dev = get_device(ctx.device)
@@ -151,15 +152,15 @@ def run(self: Run) -> RunDir:
             if run.done(r): repair.remake_mask(self, r, model); continue
             mask = self.mask(r, model)
             self.train_round(r, model, strat, train, test_loader, mask, self.round_start(r), dev, exclude)
-    repair.report_damage(run)  # what is still damaged: files that only training a round again would replace
+    repair.report_damage(run, run.damaged(model))  # what is still damaged: files that only training a round again would replace
     return run
 
 # %% ../nbs/05d_runs.ipynb #30c02671
 @patch
 def initial_state(self: Run, model=None) -> dict:
-    "θ₀ from `init.pt`, written first from `model` (the seed's fresh model) if the run has none yet, or rebuilt from it if it is unreadable."
+    "θ₀ from `init.pt`, written first from `model` (the seed's fresh model) if the run has none yet, or rebuilt from it if it is unreadable or does not fit."
     init = self.dir.path / "init.pt"
-    if model is not None and init.exists() and not torch_file_intact(init): repair.rebuild_init(self.dir, init, model)
+    if model is not None and init.exists() and (why := misfit(init, model)): repair.rebuild_init(self.dir, init, model, why)
     if model is not None and not init.exists(): save_torch(model.state_dict(), init)
     if self._init is None:
         self._init = load_torch(init, "initial state", "The whole run depends on it: move the run directory away and start again.")
@@ -167,13 +168,15 @@ def initial_state(self: Run, model=None) -> dict:
 
 @patch
 def mask(self: Run, r: int, model) -> Mask:
-    "Round `r`'s mask: its saved mask.pt, or `round_mask` made once and saved (on the CPU) before the round trains."
+    """Round `r`'s mask: its saved mask.pt, or `round_mask` made once and saved (on the CPU) before the round trains. A mask.pt
+    that is unreadable or does not fit `model` is made again, and set aside only once its replacement exists."""
     f = self.dir.round_dir(r) / "mask.pt"
-    if f.exists() and torch_file_intact(f): return load_torch(f, f"mask of round {r}", f"Delete {self.dir.round_dir(r)} to make it again.")
-    rebuilt = f.exists() and set_aside(f)
-    mask = {n: m.cpu() for n, m in self.round_mask(r, model).items()}
+    why = misfit(f, model) if f.exists() else None
+    if f.exists() and not why: return load_torch(f, f"mask of round {r}", f"Delete {self.dir.round_dir(r)} to make it again.")
+    mask = {n: m.cpu() for n, m in self.round_mask(r, model).items()}  # may fail (an earlier round's weights damaged): nothing moved yet
+    if why: set_aside(f)
     save_torch(mask, f)
-    if rebuilt: repair.note(f, "made it again from the configuration and the rounds before")
+    if why: repair.note(f, "made it again from the configuration and the rounds before", why)
     return mask
 
 # %% ../nbs/05d_runs.ipynb #e344044e
@@ -190,7 +193,7 @@ class RoundTraining:
 
     def resume(self):
         "Back to the last epoch checkpoint of the round, if it has one (an unreadable one is set aside: the round starts again)."
-        repair.set_aside_checkpoint(self.checkpoint, self.r)
+        repair.set_aside_checkpoint(self.checkpoint, self.r, self.model)
         if self.checkpoint.exists():
             ck = load_torch(self.checkpoint, f"epoch checkpoint of round {self.r}", f"Delete it to restart round {self.r} from its first epoch; the finished rounds are kept.")
             if ck.get("method"): self.method.load_state_dict(ck["method"])

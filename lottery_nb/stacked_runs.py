@@ -23,7 +23,8 @@ from .presets import identity
 from .pruning import MaskedTraining, rewind
 from .runs import LAST_CHECKPOINT, RoundTraining, RunContext, build_model, round_seed, run_data
 from .stacked import StackedLeNet, StackedLoader, StackedLoss, evaluate_stacked, stack_masks
-from .store import RunDir, load_torch, save_json, save_torch, set_aside, torch_file_intact
+from .checks import misfit
+from .store import RunDir, load_torch, save_json, save_torch, set_aside
 from .training import compute_settings, fit, get_device, make_optimizer
 
 # %% auto #0
@@ -102,7 +103,7 @@ def train_round(self: StackedLottery, r: int, runs, models, strats, train, test_
     sched = runs[0].make_scheduler(opt)
     torch.manual_seed(round_seed(runs[0].cfg.seed, r))
     state = {"epoch": 0, "histories": [[] for _ in runs], "seconds": 0.0, "resumed": []}
-    _resume_stack(runs, r, stack, opt, sched, loaders, state)
+    _resume_stack(runs, models, r, stack, opt, sched, loaders, state)
     t0 = time.perf_counter() - state["seconds"]
     template = LeNet300100(models[0].fc.out_features, models[0].fc1.in_features).to(dev)  # where each run is evaluated
     def after_epoch(epoch: int, row: dict):
@@ -134,13 +135,13 @@ def _checkpoint_stack(runs, r: int, stack, opt, sched, loaders, state: dict):
         save_json({"round": r, "epoch": state["epoch"], "epochs": run.cfg.preset.epochs, **resumed}, run.dir.path / "progress.json")
     LAST_CHECKPOINT.update(run=str(runs[0].dir.path), round=r, epoch=state["epoch"], epochs=runs[0].cfg.preset.epochs)
 
-def _resume_stack(runs, r: int, stack, opt, sched, loaders, state: dict):
-    "Back to the stack's last epoch where every run has that epoch's checkpoint of this stack; else the checkpoints set aside."
+def _resume_stack(runs, models, r: int, stack, opt, sched, loaders, state: dict):
+    "Back to the stack's last epoch where every run has that epoch's checkpoint of this stack (fitting its model); else the checkpoints set aside."
     files = [run.dir.round_dir(r) / "checkpoint.pt" for run in runs]
     present = [f for f in files if f.exists()]
     if not present: return
     names = [run.cfg.run_name for run in runs]
-    cks = [load_torch(f, f"epoch checkpoint of round {r}", "Delete it to restart the round.") if torch_file_intact(f) else None for f in files] \
+    cks = [None if misfit(f, m) else load_torch(f, f"epoch checkpoint of round {r}", "Delete it to restart the round.") for f, m in zip(files, models)] \
           if len(present) == len(files) else None
     if cks is None or any(c is None or c.get("stack") != names or c["epoch"] != cks[0]["epoch"] for c in cks):
         for f in present: set_aside(f)

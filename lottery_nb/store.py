@@ -21,12 +21,14 @@ try: import fcntl  # POSIX file locks; without them (Windows) runs are not locke
 except ImportError: fcntl = None
 
 import lottery_nb
+from .checks import (METRIC_COLUMNS, history_problem, is_number, json_problem, metrics_problem, misfit, misfit_of,
+                               progress_problem, read_json)
 from .errors import LotteryError
 
 # %% auto #0
-__all__ = ['LOCK_FILE', 'METRIC_COLUMNS', 'NOT_IN_CSV', 'DAMAGE_FIXES', 'STATUS_METRICS', 'RunDirError', 'atomic_write',
-           'save_torch', 'save_json', 'load_torch', 'torch_file_intact', 'set_aside', 'versions', 'RunDir', 'is_temp',
-           'find_runs', 'describe_config', 'run_status']
+__all__ = ['LOCK_FILE', 'NOT_IN_CSV', 'DAMAGE_FIXES', 'STATUS_METRICS', 'RunDirError', 'atomic_write', 'save_torch', 'save_json',
+           'load_torch', 'torch_file_intact', 'set_aside', 'versions', 'RunDir', 'is_temp', 'find_runs',
+           'describe_config', 'status_row', 'run_status']
 
 # %% ../nbs/05b_store.ipynb #6503f1b1
 class RunDirError(LotteryError):
@@ -49,12 +51,15 @@ def save_torch(obj, path: Path) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 def save_json(obj, path: Path) -> Path: return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
-def load_torch(path: Path, what: str, fix: str):
-    "Load a torch file, or say in one message that it is unreadable and what to do."
+# %% ../nbs/05b_store.ipynb #091c5452
+def load_torch(path: Path, what: str, fix: str, model=None):
+    """Load a torch file, or say in one message that it is unreadable, or does not fit `model` (`misfit_of`), and what to do."""
     import torch
-    try: return torch.load(path, map_location="cpu", weights_only=False)
+    try: obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise RunDirError(f"{what} {path} is unreadable ({type(e).__name__}); it is probably corrupt. {fix}") from None
+    if model is not None and (why := misfit_of(obj, Path(path).name, model)): raise RunDirError(f"{what} {path} {why}. {fix}")
+    return obj
 
 def torch_file_intact(path: Path) -> bool:
     "Whether a torch file's zip directory can be read (a cut or overwritten file has none): a quick check that loads no tensor."
@@ -74,16 +79,15 @@ def versions() -> dict:
 
 # %% ../nbs/05b_store.ipynb #3a68069a
 LOCK_FILE = ".lock"
-METRIC_COLUMNS = ["round", "remaining", "accuracy", "ece", "mce", "nll", "brier", "confidence", "gap", "dead_classes", "ece_10",
-                  "ts_ece", "ts_nll", "ts_brier", "temperature"]
 NOT_IN_CSV = ("sparsity", "class_accuracy")  # per layer and per class: in metrics.json only
 
-def _read_json(path: Path):
-    "The JSON in `path`, or None if it is missing or unreadable."
-    try: return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError): return None
+def _read_valid(path: Path, problem, *args):
+    "The JSON in `path` when `problem` finds nothing wrong with it, else None."
+    obj = read_json(path)
+    return None if obj is None or problem(obj, *args) else obj
 
-DAMAGE_FIXES = {  # an unreadable file of a run folder: what to do
+# %% ../nbs/05b_store.ipynb #2333b392
+DAMAGE_FIXES = {  # a damaged file of a run folder: what to do
     "config.json": "the same run command rebuilds it (the folder's name is the hash of its configuration)",
     "init.pt": "the same run command rebuilds it from the run's seed",
     "metrics.json": "the same run command rebuilds it from the round's saved weights",
@@ -96,7 +100,9 @@ DAMAGE_FIXES = {  # an unreadable file of a run folder: what to do
 }
 
 def _unreadable_metrics(path: Path) -> str:
-    return (f"{path} is unreadable (truncated or corrupt). Run the same `lottery_nb run` (or `reproduce`) command again: "
+    obj = read_json(path)
+    why = "is unreadable (truncated or corrupt)" if obj is None else metrics_problem(obj, int(path.parent.name[6:]))
+    return (f"{path} {why}. Run the same `lottery_nb run` (or `reproduce`) command again: "
             "it rebuilds the file from the round's saved weights, and keeps the broken one beside it.")
 
 # %% ../nbs/05b_store.ipynb #c3072049
@@ -105,7 +111,10 @@ class RunDir:
     def __init__(self, path: Path): self.path = Path(path)
     def __repr__(self): return f"RunDir({str(self.path)!r})"
     def round_dir(self, r: int) -> Path: return self.path / f"round_{r:02d}"
-    def done(self, r: int) -> bool: return _read_json(self.round_dir(r) / "metrics.json") is not None
+    def done(self, r: int) -> bool: return self.read_metrics(r) is not None
+    def read_metrics(self, r: int) -> dict | None:
+        "Round `r`'s metrics, or None while its metrics.json is missing, unreadable or no round's metrics (`metrics_problem`)."
+        return _read_valid(self.round_dir(r) / "metrics.json", metrics_problem, r)
 
     def _rounds_with_metrics(self) -> list[int]:
         return sorted(int(p.name[6:]) for p in self.path.glob("round_*") if (p / "metrics.json").exists())
@@ -115,32 +124,34 @@ class RunDir:
         return [r for r in self._rounds_with_metrics() if self.done(r)]
 
     def unreadable_rounds(self) -> list[int]:
-        "Rounds whose metrics.json is there but unreadable (truncated or corrupt)."
+        "Rounds whose metrics.json is there but unreadable (truncated or corrupt) or holds no round's metrics."
         return [r for r in self._rounds_with_metrics() if not self.done(r)]
 
     def round_metrics(self) -> list[dict]:
         "The metrics of every finished round; an unreadable metrics.json is a `RunDirError` that says how to rebuild it."
         for r in self.unreadable_rounds(): raise RunDirError(_unreadable_metrics(self.round_dir(r) / "metrics.json"))
-        return [json.loads((self.round_dir(r) / "metrics.json").read_text()) for r in self.finished_rounds()]
+        return [self.read_metrics(r) for r in self.finished_rounds()]
 
     def history(self, r: int) -> list[dict]:
-        "Round `r`'s per-epoch metrics (empty while the round has not finished, or if the file is unreadable)."
-        return _read_json(self.round_dir(r) / "history.json") or []
+        "Round `r`'s per-epoch metrics (empty while the round has not finished, or if the file is unreadable or holds no such record)."
+        return _read_valid(self.round_dir(r) / "history.json", history_problem) or []
 
     def progress(self) -> dict | None:
-        "The round and epoch of the last epoch checkpoint (`{'round', 'epoch', 'epochs'}`), or None."
-        return _read_json(self.path / "progress.json")
+        "The round and epoch of the last epoch checkpoint (`{'round', 'epoch', 'epochs'}`), or None (also for a damaged progress.json)."
+        return _read_valid(self.path / "progress.json", progress_problem)
 
 # %% ../nbs/05b_store.ipynb #ebf144db
 @patch
-def damaged(self: RunDir) -> dict[str, str]:
-    "Every unreadable file of the run (its name in the folder → what to do), found without loading a tensor."
+def damaged(self: RunDir, model=None) -> dict[str, str]:
+    """Every damaged file of the run: its name in the folder → what is wrong and what to do. Without `model`, found without
+    loading a tensor (unreadable files, JSON files that hold something else); with it, also every `.pt` file that does not fit it (`misfit`)."""
     out = {}
     for f in sorted([*self.path.iterdir(), *self.path.glob("round_*/*")]):
         if f.name not in DAMAGE_FIXES or not f.is_file(): continue
         if f.name == "checkpoint.pt" and self.done(int(f.parent.name[6:])): continue  # left by a crash after the round finished: never read
-        ok = torch_file_intact(f) if f.suffix == ".pt" else _read_json(f) is not None
-        if not ok: out[str(f.relative_to(self.path))] = DAMAGE_FIXES[f.name]
+        if f.suffix != ".pt": why = json_problem(f)
+        else: why = misfit(f, model) if model is not None else None if torch_file_intact(f) else "is unreadable"
+        if why: out[str(f.relative_to(self.path))] = f"{why}: {DAMAGE_FIXES[f.name]}"
     return out
 
 @patch
@@ -148,10 +159,10 @@ def read_config(self: RunDir) -> dict | None:
     "config.json (configuration, hash, versions), or None for a folder without one."
     f = self.path / "config.json"
     if not f.exists(): return None
-    try: return json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RunDirError(f"{f} is unreadable (truncated or corrupt). Run the same `lottery_nb run` (or `reproduce`) command again: "
-                          "it rebuilds the file (the folder's name is the hash of its configuration) and keeps the broken one beside it.") from None
+    why = json_problem(f)
+    if why is None: return json.loads(f.read_text())
+    raise RunDirError(f"{f} {why}{' (truncated or corrupt)' if why == 'is unreadable' else ''}. Run the same `lottery_nb run` (or `reproduce`) command again: "
+                      "it rebuilds the file (the folder's name is the hash of its configuration) and keeps the broken one beside it.")
 
 @patch
 def config(self: RunDir) -> dict:
@@ -249,27 +260,35 @@ def describe_config(c: dict) -> dict:
         return {"kind": "transfer", "method": f"{t['source_strategy']} tickets, loss {t['loss']}", "target": c["preset"]["dataset"]}
     return {"kind": "lottery", "strategy": c["strategy"]}
 
+# %% ../nbs/05b_store.ipynb #32078c32
+def status_row(run: RunDir, name: str) -> dict:
+    "`run`'s row of `run_status`: what it trains, its rounds done, the round in progress, its last finished round's metrics."
+    c = run.config()
+    done = run.finished_rounds()
+    ck = [c for c in sorted(run.path.glob("round_*/checkpoint.pt")) if int(c.parent.name[6:]) not in done]  # a done round's is a leftover
+    row = {"run": name, "preset": c["preset"]["name"], **describe_config(c), "seed": c["seed"], "rounds done": len(done), "in progress": ""}
+    if damaged := run.damaged(): row["damaged"] = ", ".join(damaged)  # `lottery_nb status` says below the table what to do
+    if ck:
+        at, r = run.progress() or {}, int(ck[-1].parent.name[6:])
+        if at.get("round") == r: row["in progress"] = f"{ck[-1].parent.name}, epoch {at['epoch']}/{at['epochs']}"  # no checkpoint loaded
+        else:
+            try:
+                import torch  # only when progress.json is not the round's: a checkpoint is read (memory-mapped) for its epoch
+                row["in progress"] = f"{ck[-1].parent.name}, epoch {torch.load(ck[-1], weights_only=False, mmap=True)['epoch']}/{c['preset']['epochs']}"
+            except Exception: row["in progress"] = f"{ck[-1].parent.name} (unreadable checkpoint)"
+    if done:
+        last = run.read_metrics(done[-1])  # validated: every required metric a finite number
+        row.update({"% remaining": round(last["remaining"], 2), **{k: round(last[k], 4) for k in STATUS_METRICS if is_number(last.get(k))}})
+    return row
+
 def run_status(out_dir) -> list[dict]:
-    "One row per run directory anywhere under `out_dir`: configuration, rounds done, the round in progress, the latest metrics."
+    """One row per run directory anywhere under `out_dir` (`status_row`). A run whose files cannot say what it is gets a row
+    that names its damaged files, and the other runs are listed all the same."""
     rows = []
     for run in find_runs(out_dir):
         name = str(run.path.relative_to(out_dir))
-        try: c = run.config()
-        except (RunDirError, KeyError, TypeError): rows.append({"run": name, "damaged": ", ".join(run.damaged()) or "config.json"}); continue
-        done = run.finished_rounds()
-        ck = [c for c in sorted(run.path.glob("round_*/checkpoint.pt")) if int(c.parent.name[6:]) not in done]  # a done round's is a leftover
-        row = {"run": name, "preset": c["preset"]["name"], **describe_config(c), "seed": c["seed"], "rounds done": len(done), "in progress": ""}
-        if damaged := run.damaged(): row["damaged"] = ", ".join(damaged)  # `lottery_nb status` says below the table what to do
-        if ck:
-            at, r = run.progress() or {}, int(ck[-1].parent.name[6:])
-            if at.get("round") == r: row["in progress"] = f"{ck[-1].parent.name}, epoch {at['epoch']}/{at['epochs']}"  # no checkpoint loaded
-            else:
-                try:
-                    import torch  # only when progress.json is not the round's: a checkpoint is read (memory-mapped) for its epoch
-                    row["in progress"] = f"{ck[-1].parent.name}, epoch {torch.load(ck[-1], weights_only=False, mmap=True)['epoch']}/{c['preset']['epochs']}"
-                except Exception: row["in progress"] = f"{ck[-1].parent.name} (unreadable checkpoint)"
-        if done:
-            last = json.loads((run.round_dir(done[-1]) / "metrics.json").read_text())
-            row.update({"% remaining": round(last["remaining"], 2), **{c: round(last[c], 4) for c in STATUS_METRICS if c in last}})
-        rows.append(row)
+        try: rows.append(status_row(run, name))
+        except Exception as e:  # a config.json that holds something else, or a file nobody foresaw: this run's row says so
+            damaged = run.damaged()
+            rows.append({"run": name, "damaged": ", ".join(damaged) or f"config.json ({type(e).__name__}: {e})"})
     return rows

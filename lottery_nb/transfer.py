@@ -83,7 +83,7 @@ class TransferRun(Run):
 
     def round_mask(self, r: int, model) -> Mask:
         "The source's mask of round `r`."
-        return load_torch(self.source.dir.round_dir(r) / "mask.pt", f"mask of source round {r}", "The source run is damaged.")
+        return load_torch(self.source.dir.round_dir(r) / "mask.pt", f"mask of source round {r}", "The source run is damaged.", model)
 
     def round_start(self, r: int) -> dict: return self.source.round_start(r)
 

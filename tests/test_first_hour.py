@@ -38,7 +38,8 @@ def write_run(folder: Path, name: str, strategy: str, rounds: list[tuple[int, li
     (run / "config.json").write_text(json.dumps({"config": {"strategy": strategy, "seed": 0}}))
     for r, (dead, acc) in enumerate(rounds):
         (run / f"round_{r:02d}").mkdir()
-        (run / f"round_{r:02d}" / "metrics.json").write_text(json.dumps({"round": r, "dead_classes": dead}))
+        (run / f"round_{r:02d}" / "metrics.json").write_text(json.dumps(
+            {"round": r, "remaining": 100 * 0.8 ** r, "accuracy": acc[-1], "ece": 0.01, "nll": 0.1, "brier": 0.05, "dead_classes": dead}))
         (run / f"round_{r:02d}" / "history.json").write_text(json.dumps([{"epoch": i + 1, "accuracy": a} for i, a in enumerate(acc)]))
 
 
@@ -271,7 +272,7 @@ def test_every_damaged_file_is_named_and_rebuilt_where_it_can_be(tmp_path, capsy
     capsys.readouterr()
     main(["status", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "damaged files:" in out and f"{run.path.name}/{name}: " in out, out
+    assert "damaged files:" in out and f"{run.path.name}/{name} is unreadable: " in out, out
     run_lottery("digits_lenet", "none", rounds=2, budget="smoke", out_dir=tmp_path, ctx=ctx)  # the same command, one round more
     err = capsys.readouterr().err
     assert run.done(2) and "Traceback" not in err
