@@ -17,8 +17,8 @@ from torch.utils.data import Dataset, Subset
 from .errors import LotteryError
 
 # %% auto #0
-__all__ = ['DATA_ENV', 'DATASETS', 'data_root', 'DatasetNotFoundError', 'DatasetSpec', 'register_dataset', 'get_spec',
-           'dataset_label', 'Digits', 'from_torchvision', 'half_split', 'register_halves', 'parent_dataset',
+__all__ = ['DATA_ENV', 'DATASETS', 'data_root', 'DatasetNotFoundError', 'DatasetDamagedError', 'DatasetSpec', 'register_dataset',
+           'get_spec', 'dataset_label', 'Digits', 'from_torchvision', 'half_split', 'register_halves', 'parent_dataset',
            'get_dataset', 'to_device_async', 'InMemoryDataset', 'random_crop', 'random_flip', 'load_in_memory',
            'BatchLoader']
 
@@ -41,6 +41,14 @@ class DatasetNotFoundError(LotteryError, FileNotFoundError):
                f"(or `--download` on the command line) where a network is reachable, or point {DATA_ENV} "
                f"(or `root=` / `--data-root`) at a folder that holds it in torchvision's layout.")
         super().__init__(msg + (f" {hint}" if hint else ""))
+
+class DatasetDamagedError(LotteryError):
+    "A dataset's files are in the data folder but cannot be read (cut short, zero-filled, another format); the message says what to do."
+    def __init__(self, name: str, root: Path, why: str):
+        self.name, self.root = name, Path(root)
+        super().__init__(f"the {name!r} files in {self.root} are there but cannot be read ({why}): a copy cut short or damaged. "
+                         f"Replace them with whole copies (get_dataset({name!r}, download=True), or `--download`, where a network is "
+                         f"reachable), or point {DATA_ENV} (or `--data-root`) at a folder with intact files.")
 
 # %% ../nbs/00a_data.ipynb #ee833165
 @dataclass(frozen=True)
@@ -182,10 +190,13 @@ def _transform(spec: DatasetSpec, augment: bool):
 def _build(spec: DatasetSpec, train: bool, root, download: bool, transform=None):
     root = data_root(root)
     try: return spec.build(root, train, download, transform)
+    except FileNotFoundError: raise DatasetNotFoundError(spec.name, root, spec.hint) from None
     except RuntimeError as e:
         if "not found" in str(e).lower() or "corrupted" in str(e).lower():
             raise DatasetNotFoundError(spec.name, root, spec.hint) from None
-        raise
+        raise DatasetDamagedError(spec.name, root, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
+    except (AssertionError, ValueError, EOFError, IndexError, OSError) as e:  # what torchvision's readers raise on a damaged file
+        raise DatasetDamagedError(spec.name, root, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'bad header'}") from None
 
 def get_dataset(name: str, train: bool = True, root=None, download: bool = False, augment: bool | None = None) -> Dataset:
     "The torchvision dataset `name` (see `DATASETS`), normalised, with the standard augmentation when training."

@@ -60,3 +60,21 @@ def test_an_out_folder_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "a_file").write_text("")
     r = cli(*RUN, "--out", str(tmp_path / "a_file" / "runs"))
     assert one_line_error(r) and "Not a directory" in r.stderr, r.stderr
+
+
+def mnist_files(root, images: bytes | None = None):
+    "MNIST's four files in torchvision's layout, with whole headers; the images are `images` (default: 1,000 bytes of 60,000 images)."
+    raw = root / "MNIST" / "raw"; raw.mkdir(parents=True)
+    for split, n in (("train", 60000), ("t10k", 10000)):
+        head = bytes.fromhex("00000803") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(head + bytes(1000) if images is None else images)
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(bytes.fromhex("00000801") + n.to_bytes(4, "big") + bytes(n))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "zero-filled"])
+def test_damaged_data_files_are_one_line_and_nothing_is_written(tmp_path, kind):
+    mnist_files(tmp_path / "data", None if kind == "truncated" else bytes(47_040_016))
+    r = cli("run", "--preset", "mnist_lenet", "--budget", "smoke", "--rounds", "0", "--quiet", "--data-root", str(tmp_path / "data"),
+            "--out", str(tmp_path / "out"))
+    assert one_line_error(r) and "'mnist' files in" in r.stderr and "cannot be read" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
