@@ -150,7 +150,7 @@ def test_every_internal_link_and_anchor_resolves(site):
             dest = page if not target else (page.parent / target).resolve()
             if dest.is_dir(): dest = dest / "index.html"
             if not dest.exists(): broken.append(f"{page.relative_to(docs)}: {href} (no such file)"); continue
-            if anchor and dest.suffix == ".html" and anchor not in parsed.get(dest, Page(dest.read_text())).ids:
+            if anchor and dest.suffix == ".html" and anchor not in (parsed[dest] if dest in parsed else Page(dest.read_text())).ids:
                 broken.append(f"{page.relative_to(docs)}: {href} (no such anchor)")
     assert not broken, "\n".join(broken[:30])
 
