@@ -92,6 +92,7 @@ def bare_epoch(model: nn.Module, data: InMemoryDataset, batch_size: int, optimiz
         nn.functional.cross_entropy(model(x), data.y[idx]).backward()
         optimizer.step()
 
+# %% ../nbs/12_bench.ipynb #be45034c
 def _lenet_job(n: int, batch_size: int = 60, device="cpu") -> tuple[nn.Module, BatchLoader, torch.optim.Optimizer]:
     "LeNet-300-100 (seed 0) with the runs' fused Adam, and a shuffled loader over `n` random MNIST-sized images on `device`."
     dev = get_device(device)

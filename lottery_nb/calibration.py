@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
+from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import nn
 
@@ -29,6 +30,7 @@ def _has_dropout(model: nn.Module) -> bool:
 
 STRATEGIES: dict[str, type] = {}  # every strategy by name, in the order declared: a subclass of Strategy with a `name` adds itself
 
+# %% ../nbs/03a_calibration.ipynb #c5f3edef
 @dataclass
 class Strategy:
     "Base class: plain cross-entropy. Subclasses add hyper-parameters (dataclass fields) and override `loss`."
@@ -67,13 +69,15 @@ class Strategy:
 
     def loss(self, model, x, y): return F.cross_entropy(model(x), y)
 
-    @property
-    def hparams(self) -> dict: return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-
-    @property
-    def dropout(self) -> float: "The model dropout rate this strategy is meant for."; return DEFAULT_DROPOUT if self.stochastic else 0.0
 
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.hparams.items())})"
+
+# %% ../nbs/03a_calibration.ipynb #450a0252
+@patch(as_prop=True)
+def hparams(self: Strategy) -> dict: "The strategy's hyper-parameters by name (its dataclass fields)."; return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+@patch(as_prop=True)
+def dropout(self: Strategy) -> float: "The model dropout rate this strategy is meant for."; return DEFAULT_DROPOUT if self.stochastic else 0.0
 
 # %% ../nbs/03a_calibration.ipynb #37a39f0a
 def _check_T(T: int):

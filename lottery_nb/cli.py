@@ -186,6 +186,7 @@ def _bench_parser(sub):
     _add_context(b, ("device", "progress"))
     b.set_defaults(func=cmd_bench)
 
+# %% ../nbs/11a_cli.ipynb #5a1121a6
 def _status_parser(sub):
     st = sub.add_parser("status", help=COMMANDS["status"])
     st.add_argument("folder", nargs="?", default="runs", help="folder of run directories (default: runs)")
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130  # 128 + SIGINT, as a shell reports it
     return 0
 
+# %% ../nbs/11a_cli.ipynb #08651063
 class Terminated(Exception):
     "SIGTERM as an exception, raised between two Python statements (as Ctrl-C's KeyboardInterrupt), so that files are left whole."
 

@@ -160,6 +160,7 @@ def cmd_bench(args):
     print(f"written: {args.out}")
     return result
 
+# %% ../nbs/11_commands.ipynb #f067abdf
 def caveats(budget: str, rounds: int | None = None) -> list[str]:
     "What a reader of the printed numbers must be told: that a smoke budget checks the plumbing, and that nothing was pruned."
     notes = []

@@ -9,6 +9,7 @@ import math
 from typing import Callable, Iterable
 
 import torch
+from fastcore.basics import patch
 from torch import nn
 
 from .data import LotteryError
@@ -69,24 +70,29 @@ class MaskedTraining(RoundMethod):
         "Set the pruned weights to zero."
         if self._params: torch._foreach_mul_(self._params, self._masks)
 
-    def attach(self, optimizer, loader, epochs: int):
-        "An optimiser whose update of a zero weight with a zero gradient is exactly zero (Adam, AdamW, SGD) needs no masking of the weights after its steps."
-        self._weights_stay_zero = type(optimizer) in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
-
-    @torch.no_grad()
-    def before_step(self):
-        "Call between backward and the optimiser step: the gradients of the pruned weights to zero."
-        pairs = [(p.grad, m) for p, m in zip(self._params, self._masks) if p.grad is not None]
-        if pairs: torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
-
-    def after_step(self):
-        "Call after each optimiser step: the pruned weights back to exactly zero (skipped where `attach` showed the step cannot move them)."
-        if not getattr(self, "_weights_stay_zero", False): self.apply()
 
     def remove(self): "Nothing to take off (no hooks)."
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.remove()
+
+# %% ../nbs/04_pruning.ipynb #77ca2fdc
+@patch
+def attach(self: MaskedTraining, optimizer, loader, epochs: int):
+    "An optimiser whose update of a zero weight with a zero gradient is exactly zero (Adam, AdamW, SGD) needs no masking of the weights after its steps."
+    self._weights_stay_zero = type(optimizer) in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+@patch
+@torch.no_grad()
+def before_step(self: MaskedTraining):
+    "Call between backward and the optimiser step: the gradients of the pruned weights to zero."
+    pairs = [(p.grad, m) for p, m in zip(self._params, self._masks) if p.grad is not None]
+    if pairs: torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+
+@patch
+def after_step(self: MaskedTraining):
+    "Call after each optimiser step: the pruned weights back to exactly zero (skipped where `attach` showed the step cannot move them)."
+    if not getattr(self, "_weights_stay_zero", False): self.apply()
 
 # %% ../nbs/04_pruning.ipynb #7f6b50d1
 PRUNING_CRITERIA: dict[str, Callable] = {}

@@ -251,11 +251,14 @@ class SparseConfig(LotteryConfig):
             if not 0 < getattr(self, name) <= 1: raise LotteryError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
         if self.delta_t < 1 or self.dpnum < 2: raise LotteryError(f"delta_t must be >= 1 and dpnum >= 2, got {self.delta_t}, {self.dpnum}")
 
-    def make_method(self):
-        "A factory (model, mask) -> the RigL or CigL object that keeps and updates the mask."
-        own = [f.name for f in fields(self) if f.metadata.get("identity_method") == self.method]  # e.g. CigL's dpnum and swa_start
-        kw = dict(delta_t=self.delta_t, drop_fraction=self.drop_fraction, end_fraction=self.end_fraction, ties=self.ties, **{k: getattr(self, k) for k in own})
-        return lambda model, mask: SPARSE_METHODS[self.method](model, mask, **kw)
+
+# %% ../nbs/08_sparse_training.ipynb #a0eae6b7
+@patch
+def make_method(self: SparseConfig):
+    "A factory (model, mask) -> the RigL or CigL object that keeps and updates the mask."
+    own = [f.name for f in fields(self) if f.metadata.get("identity_method") == self.method]  # e.g. CigL's dpnum and swa_start
+    kw = dict(delta_t=self.delta_t, drop_fraction=self.drop_fraction, end_fraction=self.end_fraction, ties=self.ties, **{k: getattr(self, k) for k in own})
+    return lambda model, mask: SPARSE_METHODS[self.method](model, mask, **kw)
 
 # %% ../nbs/08_sparse_training.ipynb #5e586246
 SPARSE_METHODS: dict[str, type[RigL]] = {c.name: c for c in (RigL, CigL)}  # by the name a configuration gives
@@ -270,14 +273,10 @@ def sparse_config(preset: str, method: str, sparsity: float, seed: int = 0, budg
     p = get_preset(preset, budget, **{**p_over, **{k: v for k, v in overrides.items() if k not in SPARSE_FIELDS}})
     return SparseConfig(p, "none", {}, seed, method=method, sparsity=sparsity, **s_over)
 
-def warmup_step_scheduler(warmup_epochs: int):
-    "A scheduler factory: linear warm-up over `warmup_epochs`, then the preset's step decay."
-    def make(optimizer, milestones=(), gamma=0.1):
-        def factor(epoch: int) -> float:
-            if epoch < warmup_epochs: return (epoch + 1) / warmup_epochs
-            return gamma ** sum(epoch >= m for m in milestones)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return make
+def warmup_step_scheduler(optimizer, warmup_epochs: int, milestones=(), gamma: float = 0.1):
+    "Linear warm-up of the learning rate over `warmup_epochs`, then the preset's step decay by `gamma` at its epoch `milestones`."
+    factor = lambda epoch: (epoch + 1) / warmup_epochs if epoch < warmup_epochs else gamma ** sum(epoch >= m for m in milestones)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 # %% ../nbs/08_sparse_training.ipynb #3b2a5903
 class SparseRun(Run):
@@ -293,7 +292,7 @@ class SparseRun(Run):
 
     def make_scheduler(self, optimizer):
         if not self.cfg.warmup_epochs: return super().make_scheduler(optimizer)
-        return warmup_step_scheduler(self.cfg.warmup_epochs)(optimizer, self.cfg.preset.milestones, self.cfg.preset.gamma)
+        return warmup_step_scheduler(optimizer, self.cfg.warmup_epochs, self.cfg.preset.milestones, self.cfg.preset.gamma)
 
 def run_sparse(preset: str, method: str, sparsity: float, seed: int = 0, out_dir="sparse", budget: str = DEFAULT_BUDGET,
                ctx: RunContext | None = None, **overrides) -> RunDir:

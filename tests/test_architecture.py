@@ -191,3 +191,17 @@ def test_a_dataset_and_its_setup_are_one_declaration(tmp_path):
     finally:
         for d in (DATASETS, presets.DECLARED, presets.PRESETS, presets.DATASET_PRESETS, *presets.BUDGETS.values()):
             for k in ("digits2", "digits2_lenet"): d.pop(k, None)
+
+
+def test_rooms_are_small_modules_at_most_300_lines_exported_cells_at_most_40():
+    "Issue 23's measure of a readable library: no module over 300 lines, no exported cell over 40 lines of code."
+    long_modules = {p.name: n for p in (REPO / "lottery_nb").glob("*.py") if p.name != "_modidx.py"
+                    and (n := len(p.read_text().splitlines())) > 300}
+    assert not long_modules, long_modules
+    long_cells = []
+    for nb in sorted((REPO / "nbs").glob("*.ipynb")):
+        for c in json.loads(nb.read_text())["cells"]:
+            src = "".join(c["source"]).splitlines()
+            if c["cell_type"] == "code" and src and src[0].startswith("#| export") and len(src) - 1 > 40:
+                long_cells.append(f"{nb.name} {c.get('id')}: {len(src) - 1} lines")
+    assert not long_cells, long_cells
