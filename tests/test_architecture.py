@@ -148,7 +148,8 @@ def test_every_committed_run_keeps_its_folder_name():
     from lottery_nb.sparse import sparse_config
     from lottery_nb.transfer import transfer_config_from
     results = REPO / "nbs" / "results"
-    budgets = {"quick_mnist_fashion.csv": "quick", "standard_mnist_fashion.csv": "standard", "quick_transfer_mnist.csv": "quick"}
+    budgets = {"quick_mnist_fashion.csv": "quick", "standard_mnist_fashion.csv": "standard", "quick_transfer_mnist.csv": "quick",
+               "standard_transfer_mnist.csv": "standard", "paper_mnist_fashion.csv": "paper"}
     n = 0
     for f, budget in budgets.items():
         d = pd.read_csv(results / f)
