@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
-from fastcore.basics import patch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import nn
 
 from .data import DATASETS, LotteryError, parent_dataset
@@ -68,7 +68,6 @@ class Strategy:
         return self.loss(model, x, y)
 
     def loss(self, model, x, y): return F.cross_entropy(model(x), y)
-
 
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.hparams.items())})"
 

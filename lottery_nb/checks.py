@@ -11,7 +11,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['METRIC_COLUMNS', 'REQUIRED_METRICS', 'CONTENT_CHECKS', 'is_number', 'metrics_problem', 'history_problem',
-           'progress_problem', 'read_json', 'json_problem', 'misfit_of', 'misfit']
+           'progress_problem', 'read_json', 'content_problem', 'json_problem', 'misfit_of', 'misfit']
 
 # %% ../nbs/05b_checks.ipynb #f67fc71a
 METRIC_COLUMNS = [  # the columns of metrics.csv, in order: every number a round records
@@ -56,12 +56,15 @@ def read_json(path: Path):
 CONTENT_CHECKS = {"metrics.json": lambda m, f: metrics_problem(m, int(f.parent.name[6:])), "history.json": lambda h, f: history_problem(h),
                   "progress.json": lambda p, f: progress_problem(p)}  # what a JSON file of the folder must hold (config.json: `read_config`)
 
-def json_problem(f: Path) -> str | None:
-    "Why the JSON file `f` of a run folder cannot be used: unreadable, or not what its name says it holds (`CONTENT_CHECKS`); None when it can."
-    obj = read_json(f)
-    if obj is None: return "is unreadable"
+def content_problem(obj, f: Path) -> str | None:
+    "Why `obj`, read from the run folder's JSON file `f`, is not what the file's name says it holds (`CONTENT_CHECKS`); None when it is."
     if f.name == "config.json": return None if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else "holds no configuration"
     return CONTENT_CHECKS[f.name](obj, f) if f.name in CONTENT_CHECKS else None
+
+def json_problem(f: Path) -> str | None:
+    "Why the JSON file `f` of a run folder cannot be used: unreadable, or not what it should hold (`content_problem`); None when it can."
+    obj = read_json(f)
+    return "is unreadable" if obj is None else content_problem(obj, f)
 
 # %% ../nbs/05b_checks.ipynb #e67ec15f
 def _shapes(state) -> dict | None:

@@ -194,9 +194,13 @@ def _build(spec: DatasetSpec, train: bool, root, download: bool, transform=None)
     except RuntimeError as e:
         if "not found" in str(e).lower() or "corrupted" in str(e).lower():
             raise DatasetNotFoundError(spec.name, root, spec.hint) from None
-        raise DatasetDamagedError(spec.name, root, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
+        raise DatasetDamagedError(spec.name, root, _reason(e)) from None
     except (AssertionError, ValueError, EOFError, IndexError, OSError) as e:  # what torchvision's readers raise on a damaged file
-        raise DatasetDamagedError(spec.name, root, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'bad header'}") from None
+        raise DatasetDamagedError(spec.name, root, _reason(e)) from None
+
+def _reason(e: Exception) -> str:
+    "An exception in a few words: its type and the first line of its message (a bare assert has none: the header check failed)."
+    return f"{type(e).__name__}: {(str(e).splitlines() or ['bad header'])[0][:120]}"
 
 def get_dataset(name: str, train: bool = True, root=None, download: bool = False, augment: bool | None = None) -> Dataset:
     "The torchvision dataset `name` (see `DATASETS`), normalised, with the standard augmentation when training."

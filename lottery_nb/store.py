@@ -21,8 +21,8 @@ try: import fcntl  # POSIX file locks; without them (Windows) runs are not locke
 except ImportError: fcntl = None
 
 import lottery_nb
-from .checks import (METRIC_COLUMNS, history_problem, is_number, json_problem, metrics_problem, misfit, misfit_of,
-                               progress_problem, read_json)
+from .checks import (METRIC_COLUMNS, content_problem, history_problem, is_number, json_problem, metrics_problem, misfit,
+                               misfit_of, progress_problem, read_json)
 from .errors import LotteryError
 
 # %% auto #0
@@ -99,10 +99,10 @@ DAMAGE_FIXES = {  # a damaged file of a run folder: what to do
     "history.json": "the round's per-epoch record is lost, its metrics are intact; to train the round again, delete its folder and run the same command",
 }
 
+def _told(why: str) -> str: "A file's problem as a message says it."; return why + (" (truncated or corrupt)" if why == "is unreadable" else "")
+
 def _unreadable_metrics(path: Path) -> str:
-    obj = read_json(path)
-    why = "is unreadable (truncated or corrupt)" if obj is None else metrics_problem(obj, int(path.parent.name[6:]))
-    return (f"{path} {why}. Run the same `lottery_nb run` (or `reproduce`) command again: "
+    return (f"{path} {_told(json_problem(path))}. Run the same `lottery_nb run` (or `reproduce`) command again: "
             "it rebuilds the file from the round's saved weights, and keeps the broken one beside it.")
 
 # %% ../nbs/05b_store.ipynb #c3072049
@@ -129,8 +129,10 @@ class RunDir:
 
     def round_metrics(self) -> list[dict]:
         "The metrics of every finished round; an unreadable metrics.json is a `RunDirError` that says how to rebuild it."
-        for r in self.unreadable_rounds(): raise RunDirError(_unreadable_metrics(self.round_dir(r) / "metrics.json"))
-        return [self.read_metrics(r) for r in self.finished_rounds()]
+        rows = {r: self.read_metrics(r) for r in self._rounds_with_metrics()}  # each file read once
+        for r, m in rows.items():
+            if m is None: raise RunDirError(_unreadable_metrics(self.round_dir(r) / "metrics.json"))
+        return list(rows.values())
 
     def history(self, r: int) -> list[dict]:
         "Round `r`'s per-epoch metrics (empty while the round has not finished, or if the file is unreadable or holds no such record)."
@@ -159,9 +161,10 @@ def read_config(self: RunDir) -> dict | None:
     "config.json (configuration, hash, versions), or None for a folder without one."
     f = self.path / "config.json"
     if not f.exists(): return None
-    why = json_problem(f)
-    if why is None: return json.loads(f.read_text())
-    raise RunDirError(f"{f} {why}{' (truncated or corrupt)' if why == 'is unreadable' else ''}. Run the same `lottery_nb run` (or `reproduce`) command again: "
+    obj = read_json(f)
+    why = "is unreadable" if obj is None else content_problem(obj, f)
+    if why is None: return obj
+    raise RunDirError(f"{f} {_told(why)}. Run the same `lottery_nb run` (or `reproduce`) command again: "
                       "it rebuilds the file (the folder's name is the hash of its configuration) and keeps the broken one beside it.")
 
 @patch
@@ -265,7 +268,7 @@ def status_row(run: RunDir, name: str) -> dict:
     "`run`'s row of `run_status`: what it trains, its rounds done, the round in progress, its last finished round's metrics."
     c = run.config()
     done = run.finished_rounds()
-    ck = [c for c in sorted(run.path.glob("round_*/checkpoint.pt")) if int(c.parent.name[6:]) not in done]  # a done round's is a leftover
+    ck = [p for p in sorted(run.path.glob("round_*/checkpoint.pt")) if int(p.parent.name[6:]) not in done]  # a done round's is a leftover
     row = {"run": name, "preset": c["preset"]["name"], **describe_config(c), "seed": c["seed"], "rounds done": len(done), "in progress": ""}
     if damaged := run.damaged(): row["damaged"] = ", ".join(damaged)  # `lottery_nb status` says below the table what to do
     if ck:
