@@ -15,8 +15,9 @@ from .data import LotteryError
 
 # %% auto #0
 __all__ = ['ENDPOINTS', 'MARGINS', 'DIRECTIONS', 'EXPECTS', 'CALIBRATED', 'EXPLICIT', 'UNCERTAINTY', 'CLAIMS', 'CONTROL_CLAIMS',
-           'TS_CLAIMS', 'TRANSFER_TARGETS', 'TRANSFER_CLAIMS', 'paired_rounds', 'endpoints', 'one_sample', 'holm',
-           'verdict_of', 'Claim', 'judge', 'claim_verdict', 'claims_table', 'paired_differences', 'verdict']
+           'TS_CLAIMS', 'TRANSFER_TARGETS', 'TRANSFER_CLAIMS', 'PAIR_METRICS', 'paired_rounds', 'endpoints',
+           'one_sample', 'holm', 'verdict_of', 'Claim', 'judge', 'claim_verdict', 'claims_table', 'pair_test',
+           'paired_differences', 'verdict']
 
 # %% ../nbs/09b_claims.ipynb #d717bf5f
 def paired_rounds(df: pd.DataFrame, metric: str, baseline: str = "none", rounds=None) -> pd.DataFrame:
@@ -252,6 +253,22 @@ TRANSFER_CLAIMS: tuple[Claim, ...] = (
             ("vwcc", "lwcc_si"), versus=("none", "mixup", "mda", "lwcc", "nba"), datasets=TRANSFER_TARGETS)
       for m, d, label in (("accuracy", "higher", "accuracy"), ("brier", "lower", "Brier score"))),
 )
+
+# %% ../nbs/09b_claims.ipynb #040b46fc
+PAIR_METRICS = (("accuracy", "higher"), ("ece", "lower"), ("nll", "lower"), ("brier", "lower"))  # better, metric by metric
+
+def pair_test(df: pd.DataFrame, strategy: str, baseline: str = "none", metrics=PAIR_METRICS, alpha: float = 0.05) -> pd.DataFrame:
+    "`strategy` better than `baseline` in each metric (a claim each), the metrics of a dataset one Holm family; a row per dataset and metric."
+    datasets = tuple(dict.fromkeys(df.dataset))
+    claims = [Claim(f"{strategy}_vs_{baseline}_{m}", f"{strategy} has a {d} {m} than {baseline}", m, d, (strategy,), baseline=baseline,
+                    datasets=datasets) for m, d in metrics]
+    out = pd.concat([judge(df, c, alpha) for c in claims], ignore_index=True)
+    for _, idx in out[out.verdict != "no runs"].groupby("dataset").groups.items():
+        out.loc[idx, "p_holm"], out.loc[idx, "p_tost_holm"] = holm(out.loc[idx, "p"]), holm(out.loc[idx, "p_tost"])
+    direction = dict(metrics)
+    out["verdict"] = [v if v == "no runs" else verdict_of(m, p, pt, direction[k], alpha=alpha)
+                      for v, m, p, pt, k in zip(out.verdict, out.estimate, out.p_holm, out.p_tost_holm, out.metric)]
+    return out
 
 # %% ../nbs/09b_claims.ipynb #547b9e15
 def paired_differences(df: pd.DataFrame, metric: str, baseline: str = "none", level: float = 0.95) -> pd.DataFrame:

@@ -205,6 +205,11 @@ class RoundTraining:
 
     def seconds(self) -> float: return round(time.perf_counter() - self.t0, 3)
 
+    def trained(self) -> dict:
+        "What `write_round` records of the training: its history, seconds, the epochs it resumed at, and how it computed."
+        return {"history": self.state["history"], "seconds": self.seconds(), "resumed": self.state["resumed"], "amp": self.amp,
+                "channels_last": self.channels_last}
+
 # %% ../nbs/05d_runs.ipynb #0193cd22
 @patch
 def after_step(self: RoundTraining):
@@ -225,18 +230,30 @@ def after_epoch(self: RoundTraining, epoch: int, row: dict):
     resumed = {"resumed_at": self.state["resumed"]} if self.state["resumed"] else {}
     save_json({"round": self.r, "epoch": epoch + 1, "epochs": epochs, **resumed}, run.path / "progress.json")  # for a grid's progress bar
 
+# %% ../nbs/05d_runs.ipynb #2812741d
+@patch
+def rewound(self: Run, r: int, model, train, mask: Mask, start: dict, dev) -> BatchLoader:
+    "`model` rewound to `start` under `mask` and put on `dev`; round `r`'s training batches, shuffled by the run's round seed."
+    rewind(model, mask, **start)
+    model.to(dev)
+    return BatchLoader(train, self.cfg.preset.batch_size, shuffle=True, seed=round_seed(self.cfg.seed, r), device=dev)
+
+@patch
+def round_optimizer(self: Run, model) -> tuple:
+    "The preset's optimiser over `model`'s parameters (one network, or a stack of them) and its schedule."
+    p = self.cfg.preset
+    optimizer = make_optimizer(model, p.optimizer, p.lr, p.momentum, p.weight_decay, p.nesterov, p.decay_bn_bias)
+    return optimizer, self.make_scheduler(optimizer)
+
 @patch
 def open_round(self: Run, r: int, model, train, mask: Mask, start: dict, dev) -> RoundTraining:
     "Round `r` ready to train: `model` rewound to `start` under `mask` on `dev`, with the round's loader, optimiser, schedule and method."
-    p, cfg = self.cfg.preset, self.cfg
-    loader = BatchLoader(train, p.batch_size, shuffle=True, seed=round_seed(cfg.seed, r), device=dev)
-    rewind(model, mask, **start)
-    model.to(dev)
+    p = self.cfg.preset
+    loader = self.rewound(r, model, train, mask, start, dev)
     channels_last = use_channels_last(model, dev, self.ctx.channels_last)
     if channels_last: model.to(memory_format=torch.channels_last)  # before the optimiser (fused kernels: one layout)
-    optimizer = make_optimizer(model, p.optimizer, p.lr, p.momentum, p.weight_decay, p.nesterov, p.decay_bn_bias)
-    scheduler = self.make_scheduler(optimizer)
-    torch.manual_seed(round_seed(cfg.seed, r))
+    optimizer, scheduler = self.round_optimizer(model)
+    torch.manual_seed(round_seed(self.cfg.seed, r))
     method = self.round_method(model, mask)
     method.attach(optimizer, loader, p.epochs)
     return RoundTraining(self, r, model, loader, optimizer, scheduler, method, channels_last, use_amp(p, dev))
@@ -255,20 +272,20 @@ def train_round(self: Run, r, model, strat, train, test_loader, mask, start, dev
         t.method.finish(t.loader)  # e.g. weight averaging: the final model replaces the last iterate
         mask = t.method.mask  # a dynamic method's mask at the end of training
     finally: t.method.remove()
-    self.write_round(t, start, mask, exclude, test_loader, dev)
+    self.write_round(r, model, start, mask, exclude, test_loader, dev, t.trained())
 
 @patch
-def write_round(self: Run, t: RoundTraining, start: dict, mask: Mask, exclude, test_loader, dev):
+def write_round(self: Run, r: int, model, start: dict, mask: Mask, exclude, test_loader, dev, trained: dict):
     "The files of a trained round: θ_k for late rewinding (if training never reached step k), final.pt, history.json, metrics.json."
-    rd = self.dir.round_dir(t.r)
-    if t.late is not None and not t.late[0].exists(): save_torch(start["state"], t.late[0])  # k = 0 or beyond training: θ₀
-    metrics = self.round_record(t.r, t.model, mask, exclude, test_loader, seconds=t.seconds(), device=dev.type, amp=t.amp,
-                                channels_last=t.channels_last, matmul=self.matmul, **({"resumed_at_epochs": t.state["resumed"]} if t.state["resumed"] else {}))
-    save_torch({k: v.detach().cpu() for k, v in t.model.state_dict().items()}, rd / "final.pt")
-    save_json(t.state["history"], rd / "history.json")
+    rd, late, resumed = self.dir.round_dir(r), self.late_rewind(r), trained["resumed"]
+    if late is not None and not late[0].exists(): save_torch(start["state"], late[0])  # k = 0 or beyond training: θ₀
+    metrics = self.round_record(r, model, mask, exclude, test_loader, seconds=trained["seconds"], device=dev.type, amp=trained["amp"],
+                                channels_last=trained["channels_last"], matmul=self.matmul, **({"resumed_at_epochs": resumed} if resumed else {}))
+    save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, rd / "final.pt")
+    save_json(trained["history"], rd / "history.json")
     save_json(metrics, rd / "metrics.json")           # the round is done from here on
     self.dir.write_metrics_csv()
-    if t.checkpoint.exists(): t.checkpoint.unlink()
+    if (rd / "checkpoint.pt").exists(): (rd / "checkpoint.pt").unlink()
 
 @patch
 def round_record(self: Run, r: int, model, mask: Mask, exclude, test_loader, **extra) -> dict:

@@ -20,12 +20,12 @@ from .errors import LotteryError
 from .lottery import LotteryConfig, LotteryRun
 from .models import LeNet300100
 from .presets import identity
-from .pruning import MaskedTraining, rewind
-from .runs import LAST_CHECKPOINT, RoundTraining, RunContext, build_model, round_seed, run_data
+from .pruning import MaskedTraining
+from .runs import LAST_CHECKPOINT, RunContext, build_model, round_seed, run_data
 from .stacked import StackedLeNet, StackedLoader, StackedLoss, evaluate_stacked, stack_masks
 from .checks import misfit
 from .store import RunDir, load_torch, save_json, save_torch, set_aside
-from .training import compute_settings, fit, get_device, make_optimizer
+from .training import compute_settings, fit, get_device
 
 # %% auto #0
 __all__ = ['StackedLottery', 'run_stacked']
@@ -96,11 +96,9 @@ def train_round(self: StackedLottery, r: int, runs, models, strats, train, test_
     "Round `r` of `runs`: each run's mask and start, one stacked training (resumed from the runs' epoch checkpoints), each run's files."
     p = runs[0].cfg.preset
     masks, starts = [run.mask(r, m) for run, m in zip(runs, models)], [run.round_start(r) for run in runs]
-    for m, mk, st in zip(models, masks, starts): rewind(m, mk, **st); m.to(dev)
-    stack = StackedLeNet(models).to(dev)
-    loaders = [BatchLoader(train, p.batch_size, shuffle=True, seed=round_seed(run.cfg.seed, r), device=dev) for run in runs]
-    loader, opt = StackedLoader(loaders), make_optimizer(stack, p.optimizer, p.lr, p.momentum, p.weight_decay, p.nesterov, p.decay_bn_bias)
-    sched = runs[0].make_scheduler(opt)
+    loaders = [run.rewound(r, m, train, mk, st, dev) for run, m, mk, st in zip(runs, models, masks, starts)]  # as a single run's round
+    stack, loader = StackedLeNet(models).to(dev), StackedLoader(loaders)
+    opt, sched = runs[0].round_optimizer(stack)  # the runs share the preset: one optimiser, elementwise, so one per run in effect
     torch.manual_seed(round_seed(runs[0].cfg.seed, r))
     state = {"epoch": 0, "histories": [[] for _ in runs], "seconds": 0.0, "resumed": []}
     _resume_stack(runs, models, r, stack, opt, sched, loaders, state)
@@ -117,9 +115,9 @@ def train_round(self: StackedLottery, r: int, runs, models, strats, train, test_
             after_step=mt.after_step, after_epoch=after_epoch, progress=self.ctx.progress, desc=f"{self.describe()} round {r}")
     for j, (run, m) in enumerate(zip(runs, models)):
         m.load_state_dict(stack.run_state(j))
-        t = RoundTraining(run, r, m, loaders[j], None, None, None, channels_last=False, amp=False)
-        t.state, t.t0 = {"history": state["histories"][j], "resumed": state["resumed"]}, t0
-        run.write_round(t, starts[j], masks[j], exclude, test_loader, dev)
+        trained = {"history": state["histories"][j], "seconds": round(time.perf_counter() - t0, 3), "resumed": state["resumed"],
+                   "amp": False, "channels_last": False}
+        run.write_round(r, m, starts[j], masks[j], exclude, test_loader, dev, trained)
 
 # %% ../nbs/06b_stacked_runs.ipynb #62ec7c9c
 def _checkpoint_stack(runs, r: int, stack, opt, sched, loaders, state: dict):
